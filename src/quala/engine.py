@@ -1,0 +1,181 @@
+"""Inference engine: one API over every backend, answering questions at a chosen length configuration.
+
+A *predictor* maps a padded batch of features to start/end logits; the engine adds tokenisation, doc-stride
+windows and answer extraction on top. ``quala evaluate``, ``quala answer``, the benchmark and the server all
+go through :func:`load_predictor`, so an fp32 PyTorch directory and an int8 ONNX directory behave the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from quala.config import DataConfig, LengthAdaptiveConfig
+from quala.data import Example, Prediction, collate, length_grouped_batches, postprocess, prepare_features
+from quala.errors import QualaError
+from quala.model import LengthAdaptiveQA, load_tokenizer, parse_length_config, torch_threads
+
+
+@dataclass
+class SpanLogits:
+    """Start/end logits of a batch, as numpy arrays."""
+
+    start: np.ndarray  # (B, L)
+    end: np.ndarray  # (B, L)
+
+
+class Predictor(Protocol):
+    """What every backend provides."""
+
+    backend: str
+    tokenizer: Any
+    model_config: Any  # the Hugging Face config (sizes for MACs)
+    la_config: LengthAdaptiveConfig
+
+    def logits(self, batch: dict[str, np.ndarray], length_config: Sequence[int] | None) -> SpanLogits: ...
+
+
+class TorchPredictor:
+    """PyTorch eager fp32 backend."""
+
+    backend = "torch"
+
+    def __init__(self, model: LengthAdaptiveQA, tokenizer: Any, threads: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_config = model.config
+        self.la_config = model.la_config
+        self.threads = threads
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, threads: int | None = None) -> TorchPredictor:
+        return cls(LengthAdaptiveQA.from_pretrained(path), load_tokenizer(path), threads)
+
+    @torch.inference_mode()
+    def logits(self, batch: dict[str, np.ndarray], length_config: Sequence[int] | None) -> SpanLogits:
+        with torch_threads(self.threads):
+            out = self.model(
+                torch.from_numpy(batch["input_ids"]),
+                torch.from_numpy(batch["attention_mask"]),
+                torch.from_numpy(batch["token_type_ids"]) if "token_type_ids" in batch else None,
+                length_config=length_config,
+            )
+        return SpanLogits(out.start_logits.numpy(), out.end_logits.numpy())
+
+
+_BACKENDS: dict[str, Any] = {"torch": TorchPredictor}
+
+
+def register_backend(name: str, factory: Any) -> None:
+    """Make ``factory.from_pretrained(path, threads=...)`` loadable as backend ``name``."""
+    _BACKENDS[name] = factory
+
+
+def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
+    """Load a model directory with the given backend (``auto``: what the directory's manifest says)."""
+    if backend == "auto":
+        from quala.io import read_manifest
+
+        manifest = read_manifest(path) if Path(str(path)).is_dir() else None
+        backend = (manifest or {}).get("backend", "torch")
+    if backend not in _BACKENDS:
+        raise QualaError(f"unknown backend {backend!r}; choose one of {sorted(_BACKENDS)}")
+    return _BACKENDS[backend].from_pretrained(path, threads=threads)
+
+
+def run_logits(
+    predictor: Predictor,
+    features: Any,
+    length_config: Sequence[int] | None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Logits for every feature, in feature order, batching features of similar length together."""
+    from tqdm.auto import tqdm
+
+    starts: list[np.ndarray | None] = [None] * len(features)
+    ends: list[np.ndarray | None] = [None] * len(features)
+    pad_id = predictor.tokenizer.pad_token_id or 0
+    batches = length_grouped_batches(features.lengths, batch_size)
+    for indices in tqdm(batches, desc="predict", unit="batch", disable=not progress, leave=False):
+        out = predictor.logits(collate(features, indices, pad_id=pad_id), length_config)
+        for row, i in enumerate(indices):
+            n = int(features.lengths[i])
+            starts[i], ends[i] = out.start[row, :n], out.end[row, :n]
+    return starts, ends  # type: ignore[return-value]
+
+
+@dataclass
+class Answer:
+    """One answer: text, probability among the n-best spans, and character offsets into the context."""
+
+    answer: str
+    score: float
+    start: int
+    end: int
+    length_config: list[int] | None = None
+    alternatives: list[Prediction] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "score": self.score, "start": self.start, "end": self.end}
+
+
+class QAEngine:
+    """Answer questions with a length-adaptive model on any backend.
+
+    >>> engine = QAEngine.from_pretrained("runs/model", backend="torch", threads=2)  # doctest: +SKIP
+    >>> engine.answer("Who?", "Ada wrote it.").answer  # doctest: +SKIP
+    """
+
+    def __init__(self, predictor: Predictor, data_config: DataConfig | None = None, batch_size: int = 32):
+        self.predictor = predictor
+        self.data_config = data_config or DataConfig()
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> QAEngine:
+        return cls(load_predictor(path, backend=backend, threads=threads))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.predictor.model_config.num_hidden_layers)
+
+    def resolve_length_config(self, length_config: str | Sequence[int] | None) -> list[int] | None:
+        return parse_length_config(length_config, self.num_layers, self.predictor.la_config.reference_length)
+
+    def answer(
+        self, question: str, context: str, length_config: str | Sequence[int] | None = None, top_k: int = 1
+    ) -> Answer:
+        return self.answer_batch([(question, context)], length_config=length_config, top_k=top_k)[0]
+
+    def answer_batch(
+        self,
+        items: Sequence[tuple[str, str]],
+        length_config: str | Sequence[int] | None = None,
+        top_k: int = 1,
+    ) -> list[Answer]:
+        """Answer many (question, context) pairs; long contexts are split into doc-stride windows."""
+        if not items:
+            raise QualaError("nothing to answer: give at least one (question, context) pair")
+        for question, context in items:
+            if not isinstance(question, str) or not question.strip():
+                raise QualaError("the question is empty; give a non-empty question")
+            if not isinstance(context, str) or not context.strip():
+                raise QualaError("the context is empty; give a non-empty context")
+        if top_k < 1:
+            raise QualaError(f"top_k must be >= 1, got {top_k}")
+        lengths = self.resolve_length_config(length_config)
+        examples = [Example(id=str(i), question=q, context=c) for i, (q, c) in enumerate(items)]
+        features = prepare_features(examples, self.predictor.tokenizer, self.data_config)
+        starts, ends = run_logits(self.predictor, features, lengths, self.batch_size)
+        preds = postprocess(examples, features, starts, ends, self.data_config, top_k=top_k)
+        answers = []
+        for ex in examples:
+            best = preds[ex.id][0]
+            answers.append(Answer(best.text, best.score, best.start, best.end, lengths, preds[ex.id]))
+        return answers

@@ -1,0 +1,77 @@
+"""Evaluation: SQuAD v1.1 EM/F1 of a model at a length configuration, with cost (MACs) and wall time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from quala.config import EvalConfig
+from quala.data import SquadData, postprocess, prepare_features
+from quala.engine import Predictor, run_logits
+from quala.errors import QualaError
+from quala.io import write_json_atomic
+from quala.macs import count_macs
+from quala.metric import squad_v1_scores
+
+
+@dataclass
+class EvalResult:
+    """Scores and costs of one evaluation. ``macs`` is per sequence at the reference length (paper convention)."""
+
+    exact_match: float
+    f1: float
+    num_questions: int
+    length_config: list[int] | None
+    macs: int
+    seconds: float
+    questions_per_second: float
+    num_features: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(
+    predictor: Predictor,
+    data: SquadData,
+    length_config: Sequence[int] | None = None,
+    config: EvalConfig | None = None,
+    progress: bool = False,
+) -> tuple[EvalResult, dict[str, str]]:
+    """Predict every question of ``data`` and score it; returns the result and ``{question_id: answer}``."""
+    config = config or EvalConfig()
+    references = data.references()
+    if not references:
+        raise QualaError(f"{data.source} has no gold answers to score against")
+    t0 = time.perf_counter()
+    features = prepare_features(data.examples, predictor.tokenizer, config.data)
+    starts, ends = run_logits(predictor, features, length_config, config.batch_size, progress=progress)
+    preds = postprocess(data.examples, features, starts, ends, config.data)
+    seconds = time.perf_counter() - t0
+    predictions = {qid: p[0].text for qid, p in preds.items()}
+    scores = squad_v1_scores(predictions, references)
+    lengths = list(length_config) if length_config is not None else None
+    macs = count_macs(predictor.model_config, predictor.la_config.reference_length, lengths).total
+    result = EvalResult(
+        exact_match=scores.exact_match,
+        f1=scores.f1,
+        num_questions=scores.num_questions,
+        length_config=lengths,
+        macs=macs,
+        seconds=round(seconds, 3),
+        questions_per_second=round(len(data.examples) / seconds, 3),
+        num_features=len(features),
+    )
+    return result, predictions
+
+
+def write_outputs(
+    result: EvalResult, predictions: dict[str, str], metrics_out: Path | None, predictions_out: Path | None
+) -> None:
+    if predictions_out is not None:
+        write_json_atomic(predictions_out, predictions)
+    if metrics_out is not None:
+        write_json_atomic(metrics_out, result.to_dict())

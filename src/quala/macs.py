@@ -1,0 +1,176 @@
+"""Analytic multiply-accumulate (MAC) counts for length-adaptive encoders.
+
+A *length configuration* ``(n_1, ..., n_N)`` gives, for each of the ``N``
+encoder layers, how many tokens survive that layer's Drop-and-Restore step
+(Kim & Cho 2021, "Length-Adaptive Transformer", arXiv 2010.07003, §3):
+layer ``i`` runs self-attention on the ``n_{i-1}`` tokens still alive
+(``n_0 = L``, the sequence length) and keeps ``n_i`` of them for its FFN.
+``None`` means full length (``n_i = L`` for every layer).
+
+The count follows the convention used by LAT §3 and by the QuaLA-MiniLM paper
+(Guskin et al. 2022, arXiv 2210.17114), with ``d`` the hidden size and ``f``
+the FFN (intermediate) size::
+
+    MACs = sum_i [ 4 n_{i-1} d^2 + 2 n_{i-1}^2 d + 2 n_i d f ] + 2 L d
+
+Both papers report these numbers under the label "FLOPs" (e.g. 35.3G for
+BERT-base at L=384, 4.76G for MiniLM-L6-H384); they are MACs — one
+multiply plus one add each — i.e. half of what a strict FLOP counter such as
+:class:`torch.utils.flop_counter.FlopCounterMode` reports for the same matmuls.
+Only the matmul-like work is counted: embedding lookups, LayerNorm, softmax,
+GELU, bias additions and residual adds are ignored.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["MacsBreakdown", "count_macs", "macs_fraction", "validate_length_config"]
+
+
+@dataclass(frozen=True)
+class MacsBreakdown:
+    """Per-component MAC counts of one forward pass over a single sequence.
+
+    Attributes:
+        attention_projections: ``sum_i 4 n_{i-1} d^2`` — the Q, K, V and
+            attention-output projections. Following the check-value convention
+            of LAT §3 / arXiv 2210.17114, the output projection is charged on
+            all ``n_{i-1}`` tokens that entered attention (even though under
+            Drop-and-Restore only the ``n_i`` kept tokens strictly need it).
+        attention_scores: ``sum_i 2 n_{i-1}^2 d`` — ``Q K^T`` (``n^2 d``) plus
+            attention-probabilities times ``V`` (``n^2 d``), summed over heads.
+        ffn: ``sum_i 2 n_i d f`` — the two FFN linears (``d->f`` and ``f->d``)
+            on the ``n_i`` kept tokens.
+        span_head: ``2 L d`` — the ``Linear(d, 2)`` start/end head on every one
+            of the ``L`` positions (dropped tokens are restored before it).
+        embeddings: always 0 — word/position/type embeddings are table lookups
+            plus additions, not multiply-accumulates. Kept so that the
+            breakdown names every part of the model explicitly.
+    """
+
+    attention_projections: int
+    attention_scores: int
+    ffn: int
+    span_head: int
+    embeddings: int = 0
+
+    @property
+    def total(self) -> int:
+        """Sum of all components (the formula's value)."""
+        return (
+            self.attention_projections + self.attention_scores + self.ffn + self.span_head + self.embeddings
+        )
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got the bool {value!r}")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
+    if result < 1:
+        raise ValueError(f"{name} must be >= 1, got {result}")
+    return result
+
+
+def _model_dims(config: Any) -> tuple[int, int, int]:
+    dims = []
+    for attr in ("hidden_size", "intermediate_size", "num_hidden_layers"):
+        if not hasattr(config, attr):
+            raise ValueError(
+                f"config of type {type(config).__name__} has no attribute {attr!r}; pass a "
+                "BERT/RoBERTa/MiniLM-style config with hidden_size, intermediate_size and num_hidden_layers"
+            )
+        dims.append(_positive_int(getattr(config, attr), f"config.{attr}"))
+    return dims[0], dims[1], dims[2]
+
+
+def validate_length_config(
+    length_config: Sequence[int] | None, num_layers: int, seq_length: int
+) -> tuple[int, ...]:
+    """Check a length configuration and return it as a tuple of ints.
+
+    ``None`` expands to ``(seq_length,) * num_layers``. Otherwise the
+    configuration must have exactly ``num_layers`` integer entries, each
+    ``>= 1``, non-increasing, with the first ``<= seq_length``.
+
+    Raises:
+        ValueError: describing what to fix.
+    """
+    seq_length = _positive_int(seq_length, "seq_length")
+    if length_config is None:
+        return (seq_length,) * num_layers
+    if isinstance(length_config, (str, bytes)) or not isinstance(length_config, Sequence):
+        try:
+            length_config = list(length_config)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(
+                f"length_config must be a sequence of {num_layers} integers or None, got {length_config!r}"
+            ) from None
+    if len(length_config) != num_layers:
+        raise ValueError(
+            f"length_config has {len(length_config)} entries but the model has {num_layers} layers; "
+            f"give exactly one token count per layer"
+        )
+    lengths = tuple(_positive_int(n, f"length_config[{i}]") for i, n in enumerate(length_config))
+    if lengths[0] > seq_length:
+        raise ValueError(
+            f"length_config[0]={lengths[0]} exceeds seq_length={seq_length}; a layer cannot keep more "
+            "tokens than the sequence has"
+        )
+    for i in range(1, num_layers):
+        if lengths[i] > lengths[i - 1]:
+            raise ValueError(
+                f"length_config must be non-increasing (dropped tokens cannot come back), but "
+                f"length_config[{i}]={lengths[i]} > length_config[{i - 1}]={lengths[i - 1]}"
+            )
+    return lengths
+
+
+def count_macs(
+    config: Any, seq_length: int = 384, length_config: Sequence[int] | None = None
+) -> MacsBreakdown:
+    """MACs of one extractive-QA forward pass (batch size 1) under a length configuration.
+
+    Implements ``sum_i [4 n_{i-1} d^2 + 2 n_{i-1}^2 d + 2 n_i d f] + 2 L d``
+    (LAT §3, arXiv 2010.07003; QuaLA-MiniLM, arXiv 2210.17114 — reported there
+    as "FLOPs").
+
+    Args:
+        config: any Hugging Face config-like object with ``hidden_size``,
+            ``intermediate_size`` and ``num_hidden_layers`` (BERT, RoBERTa,
+            MiniLM families).
+        seq_length: ``L``, the padded input length (default 384, as in SQuAD).
+        length_config: tokens kept after each layer, or ``None`` for full length.
+
+    Raises:
+        ValueError: if ``seq_length`` or ``length_config`` is invalid.
+    """
+    d, f, num_layers = _model_dims(config)
+    seq_length = _positive_int(seq_length, "seq_length")
+    lengths = validate_length_config(length_config, num_layers, seq_length)
+
+    projections = scores = ffn = 0
+    alive = seq_length  # n_{i-1}
+    for kept in lengths:  # n_i
+        projections += 4 * alive * d * d
+        scores += 2 * alive * alive * d
+        ffn += 2 * kept * d * f
+        alive = kept
+    return MacsBreakdown(
+        attention_projections=projections,
+        attention_scores=scores,
+        ffn=ffn,
+        span_head=2 * seq_length * d,
+        embeddings=0,
+    )
+
+
+def macs_fraction(config: Any, seq_length: int = 384, length_config: Sequence[int] | None = None) -> float:
+    """``count_macs(config, L, length_config).total / count_macs(config, L).total``."""
+    return count_macs(config, seq_length, length_config).total / count_macs(config, seq_length).total

