@@ -87,7 +87,14 @@ def answer(
     model: ModelOpt,
     question: Annotated[str, typer.Option("--question", help="The question.")],
     context: Annotated[str, typer.Option("--context", help="The context to find the answer in.")],
-    length_config: LengthOpt = "full",
+    length_config: Annotated[
+        str | None, typer.Option("--length-config", help="Explicit per-layer token counts (or 'full').")
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Compute budget resolved on the model's search front: fast | balanced | accurate | "
+                     "macs=FRACTION | latency=MS. Default: the most accurate configuration."),
+    ] = None,
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -99,7 +106,7 @@ def answer(
     if not context.strip():
         raise QualaError("--context is empty; give the text to search for the answer")
     engine = QAEngine.from_pretrained(model, backend=backend, threads=threads)
-    _emit(engine.answer(question, context, length_config=length_config).to_dict())
+    _emit(engine.answer(question, context, budget=budget, length_config=length_config).to_dict())
 
 
 @app.command()

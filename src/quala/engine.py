@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import time
+
 import numpy as np
 import torch
 
+from quala.budget import Budget, FrontPoint, load_front, resolve_budget
 from quala.config import DataConfig, LengthAdaptiveConfig
 from quala.data import Example, Prediction, collate, length_grouped_batches, postprocess, prepare_features
 from quala.errors import QualaError
+from quala.macs import count_macs
 from quala.model import LengthAdaptiveQA, load_tokenizer, parse_length_config, torch_threads
 
 
@@ -119,6 +123,8 @@ class Answer:
     start: int
     end: int
     length_config: list[int] | None = None
+    macs: int | None = None  # per sequence at the reference length
+    latency_ms: float | None = None  # wall time of the whole request (batch) that produced this answer
     alternatives: list[Prediction] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,36 +132,70 @@ class Answer:
 
 
 class QAEngine:
-    """Answer questions with a length-adaptive model on any backend.
+    """Answer questions with a length-adaptive model on any backend, at a per-request compute budget.
 
     >>> engine = QAEngine.from_pretrained("runs/model", backend="torch", threads=2)  # doctest: +SKIP
-    >>> engine.answer("Who?", "Ada wrote it.").answer  # doctest: +SKIP
+    >>> engine.answer("Who?", "Ada wrote it.", budget="fast").answer  # doctest: +SKIP
     """
 
-    def __init__(self, predictor: Predictor, data_config: DataConfig | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        predictor: Predictor,
+        front: list[FrontPoint] | None = None,
+        data_config: DataConfig | None = None,
+        batch_size: int = 32,
+    ):
         self.predictor = predictor
         self.data_config = data_config or DataConfig()
         self.batch_size = batch_size
+        self.full_macs = self.macs(None)
+        self.front = front or [FrontPoint(None, None, self.full_macs, None)]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> QAEngine:
-        return cls(load_predictor(path, backend=backend, threads=threads))
+        predictor = load_predictor(path, backend=backend, threads=threads)
+        full = count_macs(predictor.model_config, predictor.la_config.reference_length).total
+        front = load_front(path, full) if Path(str(path)).is_dir() else None
+        return cls(predictor, front)
 
     @property
     def num_layers(self) -> int:
         return int(self.predictor.model_config.num_hidden_layers)
 
-    def resolve_length_config(self, length_config: str | Sequence[int] | None) -> list[int] | None:
-        return parse_length_config(length_config, self.num_layers, self.predictor.la_config.reference_length)
+    def macs(self, length_config: Sequence[int] | None) -> int:
+        return count_macs(self.predictor.model_config, self.predictor.la_config.reference_length, length_config).total
+
+    def presets(self) -> dict[str, FrontPoint]:
+        """What each named preset resolves to on this model's front."""
+        from quala.budget import PRESETS
+
+        return {name: resolve_budget(self.front, Budget(preset=name), self.full_macs) for name in PRESETS}
+
+    def resolve(
+        self, budget: Budget | dict | str | None = None, length_config: str | Sequence[int] | None = None
+    ) -> list[int] | None:
+        """The length configuration to run: an explicit one, else the front point that fits ``budget``."""
+        budget = Budget.parse(budget)
+        if budget is not None and length_config is not None:
+            raise QualaError("give either a budget or a length config, not both")
+        if length_config is not None:
+            return parse_length_config(length_config, self.num_layers, self.predictor.la_config.reference_length)
+        return resolve_budget(self.front, budget, self.full_macs).length_config
 
     def answer(
-        self, question: str, context: str, length_config: str | Sequence[int] | None = None, top_k: int = 1
+        self,
+        question: str,
+        context: str,
+        budget: Budget | dict | str | None = None,
+        length_config: str | Sequence[int] | None = None,
+        top_k: int = 1,
     ) -> Answer:
-        return self.answer_batch([(question, context)], length_config=length_config, top_k=top_k)[0]
+        return self.answer_batch([(question, context)], budget=budget, length_config=length_config, top_k=top_k)[0]
 
     def answer_batch(
         self,
         items: Sequence[tuple[str, str]],
+        budget: Budget | dict | str | None = None,
         length_config: str | Sequence[int] | None = None,
         top_k: int = 1,
     ) -> list[Answer]:
@@ -169,13 +209,16 @@ class QAEngine:
                 raise QualaError("the context is empty; give a non-empty context")
         if top_k < 1:
             raise QualaError(f"top_k must be >= 1, got {top_k}")
-        lengths = self.resolve_length_config(length_config)
+        lengths = self.resolve(budget, length_config)
+        t0 = time.perf_counter()
         examples = [Example(id=str(i), question=q, context=c) for i, (q, c) in enumerate(items)]
         features = prepare_features(examples, self.predictor.tokenizer, self.data_config)
         starts, ends = run_logits(self.predictor, features, lengths, self.batch_size)
         preds = postprocess(examples, features, starts, ends, self.data_config, top_k=top_k)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        macs = self.macs(lengths)
         answers = []
         for ex in examples:
             best = preds[ex.id][0]
-            answers.append(Answer(best.text, best.score, best.start, best.end, lengths, preds[ex.id]))
+            answers.append(Answer(best.text, best.score, best.start, best.end, lengths, macs, latency_ms, preds[ex.id]))
         return answers
