@@ -59,3 +59,43 @@ def tiny_model_dir(tmp_path_factory, minilm_path) -> Path:
     LengthAdaptiveQA(tiny_hf_qa("bert")).save_pretrained(out)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def roberta_tokenizer(tmp_path_factory):
+    """A small byte-level BPE tokenizer in RoBERTa format (no token_type_ids), trained on the demo contexts."""
+    import json
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    texts = []
+    for name in ("train.json", "dev.json"):
+        for art in json.loads((DEMO_DIR / name).read_text())["data"]:
+            for para in art["paragraphs"]:
+                texts.append(para["context"])
+                texts.extend(qa["question"] for qa in para["qas"])
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=1000, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    out = tmp_path_factory.mktemp("roberta-tok")
+    bpe.save_model(str(out))
+    return RobertaTokenizerFast(vocab=str(out / "vocab.json"), merges=str(out / "merges.txt"))
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``quala ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from quala.cli import main
+
+    old = sys.argv
+    sys.argv = ["quala", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err

