@@ -167,9 +167,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_plain_encoder_checkpoint_loads_with_fresh_head(tmp_path):
-    from transformers import BertModel
-
     from conftest import tiny_config
+    from transformers import BertModel
 
     BertModel(tiny_config("bert", layers=2)).save_pretrained(tmp_path)
     model = LengthAdaptiveQA.from_pretrained(tmp_path)

@@ -54,7 +54,9 @@ class Budget:
         if isinstance(value, dict):
             unknown = set(value) - {"macs_fraction", "max_latency_ms", "preset"}
             if unknown:
-                raise QualaError(f"unknown budget field(s) {sorted(unknown)}; use macs_fraction, max_latency_ms or preset")
+                raise QualaError(
+                    f"unknown budget field(s) {sorted(unknown)}; use macs_fraction, max_latency_ms or preset"
+                )
             return cls(**{k: v for k, v in value.items() if v is not None})
         text = str(value).strip()
         if text in PRESETS:

@@ -26,7 +26,9 @@ app = typer.Typer(
 ModelOpt = Annotated[
     str, typer.Option("--model", help="Model directory (or hub name, or 'packaged:minilm' for the bundled MiniLM).")
 ]
-DataOpt = Annotated[str, typer.Option("--data", help="SQuAD v1.1 JSON file (or a hub dataset NAME[:SPLIT] when online).")]
+DataOpt = Annotated[
+    str, typer.Option("--data", help="SQuAD v1.1 JSON file (or a hub dataset NAME[:SPLIT] when online).")
+]
 ArticlesOpt = Annotated[
     str | None, typer.Option("--articles", help="Article range A:B (0-based, B exclusive), e.g. 32:40.")
 ]

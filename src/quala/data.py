@@ -141,7 +141,8 @@ def _load_from_hub(name: str, articles: str | None, max_examples: int | None) ->
         paragraphs = data[-1]["paragraphs"]
         if not paragraphs or paragraphs[-1]["context"] != row["context"]:
             paragraphs.append({"context": row["context"], "qas": []})
-        answers = [{"text": t, "answer_start": s} for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])]
+        gold = row["answers"]
+        answers = [{"text": t, "answer_start": s} for t, s in zip(gold["text"], gold["answer_start"])]
         paragraphs[-1]["qas"].append({"id": row["id"], "question": row["question"], "answers": answers})
     return squad_from_json({"data": data}, name, articles, max_examples)
 

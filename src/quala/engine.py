@@ -7,12 +7,11 @@ go through :func:`load_predictor`, so an fp32 PyTorch directory and an int8 ONNX
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-import time
 
 import numpy as np
 import torch
