@@ -1,0 +1,71 @@
+"""Budget resolution against a stored search front."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quala.budget import Budget, FrontPoint, load_front, resolve_budget
+from quala.errors import QualaError
+
+FULL = 1000
+FRONT = [
+    FrontPoint([10, 8, 6], 70.0, 400, 10.0),
+    FrontPoint([20, 18, 15], 78.0, 600, 15.0),
+    FrontPoint([30, 28, 25], 80.5, 800, 20.0),
+    FrontPoint(None, 81.0, 1000, 25.0),
+]
+
+
+def test_presets():
+    assert resolve_budget(FRONT, None, FULL).length_config is None
+    assert resolve_budget(FRONT, Budget(preset="accurate"), FULL).length_config is None
+    assert resolve_budget(FRONT, Budget(preset="balanced"), FULL).length_config == [30, 28, 25]  # within 1 F1
+    assert resolve_budget(FRONT, Budget(preset="fast"), FULL).length_config == [20, 18, 15]  # within 5 F1
+
+
+def test_macs_and_latency_budgets_pick_the_most_accurate_fitting_point():
+    assert resolve_budget(FRONT, Budget(macs_fraction=0.7), FULL).length_config == [20, 18, 15]
+    assert resolve_budget(FRONT, Budget(macs_fraction=1.0), FULL).length_config is None
+    assert resolve_budget(FRONT, Budget(max_latency_ms=19.9), FULL).length_config == [20, 18, 15]
+    with pytest.raises(QualaError, match="impossible budget"):
+        resolve_budget(FRONT, Budget(macs_fraction=0.3), FULL)
+    with pytest.raises(QualaError, match="impossible budget"):
+        resolve_budget(FRONT, Budget(max_latency_ms=5), FULL)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"macs_fraction": 0}, "in \\(0, 1\\]"),
+        ({"macs_fraction": 1.5}, "in \\(0, 1\\]"),
+        ({"max_latency_ms": -1}, "> 0"),
+        ({"preset": "turbo"}, "unknown preset"),
+        ({"macs_fraction": 0.5, "preset": "fast"}, "one budget"),
+        ({"speed": 3}, "unknown budget field"),
+        ("macs=abc", "not understood"),
+        ("warp", "not understood"),
+    ],
+)
+def test_bad_budgets(value, message):
+    with pytest.raises(QualaError, match=message):
+        Budget.parse(value)
+
+
+def test_parse_forms():
+    assert Budget.parse("fast") == Budget(preset="fast")
+    assert Budget.parse("macs=0.5") == Budget(macs_fraction=0.5)
+    assert Budget.parse("latency=40") == Budget(max_latency_ms=40.0)
+    assert Budget.parse(None) is None
+
+
+def test_load_front(tmp_path):
+    assert load_front(tmp_path, FULL) == [FrontPoint(None, None, FULL, None)]
+    entries = [{"length_config": p.length_config, "f1": p.f1, "exact_match": 0.0, "macs": p.macs,
+                "latency_ms": p.latency_ms} for p in reversed(FRONT)]
+    (tmp_path / "search.json").write_text(json.dumps({"front": entries}))
+    assert load_front(tmp_path, FULL) == FRONT  # sorted cheapest first
+    (tmp_path / "search.json").write_text("{}")
+    with pytest.raises(QualaError, match="not a valid search result"):
+        load_front(tmp_path, FULL)
