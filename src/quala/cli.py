@@ -145,6 +145,129 @@ def macs(
     )
 
 
+def _settings_file(name: str | None) -> Path | None:
+    """A YAML settings file given by path, or by the name of a packaged preset (``search-cpu``)."""
+    if name is None:
+        return None
+    if Path(name).is_file():
+        return Path(name)
+    presets = Path(__file__).parent / "configs"
+    preset = presets / f"{Path(name).stem}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in presets.glob("*.yaml"))
+    raise QualaError(f"--config {name!r} is neither a file nor a packaged preset; presets: {known}")
+
+
+@app.command()
+def search(
+    model: ModelOpt,
+    data: DataOpt,
+    output: Annotated[
+        Path, typer.Option("--output", help="Directory for search.json, pareto.png and the resumable state.")
+    ],
+    articles: ArticlesOpt = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help="YAML settings file, or a packaged preset: search-cpu (< 30 min on 2 cores)."),
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="evolution (LAT's search) | random (baseline over the same space).")
+    ] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="Cost axis of the front: macs (analytic) | latency (measured here).")
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Cost budgets as fractions of the full model's cost, e.g. 0.5,0.7,0.9: the progress bar and "
+            "the summary show the best F1 found within each.",
+        ),
+    ] = None,
+    population: Annotated[
+        int | None, typer.Option(help="Initial constant-ratio genes (LAT: 20).")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="Evolution iterations (LAT: 30).")] = None,
+    mutations: Annotated[int | None, typer.Option(help="Mutated genes per iteration (LAT: 30).")] = None,
+    crossovers: Annotated[int | None, typer.Option(help="Crossed genes per iteration (LAT: 30).")] = None,
+    mutation_prob: Annotated[
+        float | None, typer.Option(help="Probability that a mutation changes each layer (LAT: 0.5).")
+    ] = None,
+    ratio_bound: Annotated[
+        float | None,
+        typer.Option(help="LengthDrop ratio bound; its smallest sub-model is the cheapest allowed (0.2)."),
+    ] = None,
+    evaluations: Annotated[
+        int | None,
+        typer.Option(help="Random strategy: candidates to evaluate (default: the evolution's maximum)."),
+    ] = None,
+    max_evaluations: Annotated[
+        int | None, typer.Option(help="Stop after this many candidates; run again to resume.")
+    ] = None,
+    max_examples: Annotated[
+        int | None, typer.Option(help="Score each candidate on the first N questions of the split.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same search).")] = None,
+    latency: Annotated[
+        bool | None,
+        typer.Option("--latency/--no-latency", help="Time every candidate (for the latency plot)."),
+    ] = None,
+    latency_repeats: Annotated[int | None, typer.Option(help="Timed passes per candidate (median).")] = None,
+    latency_warmup: Annotated[int | None, typer.Option(help="Untimed passes before timing.")] = None,
+    latency_batch_size: Annotated[int | None, typer.Option(help="Batch size when timing.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Features per forward pass when scoring F1.")] = None,
+    backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
+    threads: ThreadsOpt = None,
+    attach: Annotated[
+        bool, typer.Option(help="Copy search.json into the model directory (the engine reads it).")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Search length configurations (LAT evolution): the F1-vs-cost Pareto front on a validation split."""
+    from quala.config import resolve
+    from quala.search import SEARCH_FILE, SearchConfig
+    from quala.search import search as run_search
+
+    overrides = {
+        "strategy": strategy,
+        "objective": objective,
+        "budgets": budget,
+        "population": population,
+        "iterations": iterations,
+        "mutations": mutations,
+        "crossovers": crossovers,
+        "mutation_prob": mutation_prob,
+        "ratio_bound": ratio_bound,
+        "evaluations": evaluations,
+        "max_evaluations": max_evaluations,
+        "max_examples": max_examples,
+        "seed": seed,
+        "measure_latency": latency,
+        "evaluation": {"batch_size": batch_size, "threads": threads},
+        "latency": {"repeats": latency_repeats, "warmup": latency_warmup, "batch_size": latency_batch_size},
+    }
+    overrides = {k: ({n: v for n, v in o.items() if v is not None} if isinstance(o, dict) else o)
+                 for k, o in overrides.items()}  # unset nested flags must not erase YAML values
+    settings = resolve(SearchConfig, _settings_file(config), overrides)
+    result, document = run_search(model, data, articles, output, settings, backend, attach, progress)
+    out = {
+        "search": str(output / SEARCH_FILE),
+        "completed": result.completed,
+        "num_evaluations": result.num_evaluations,
+        "wall_seconds": result.wall_seconds,
+        "area": result.area,
+        "area_macs": result.area_macs,
+        "best_f1_per_budget": result.best_per_budget,
+        "data": document["data"],
+        "front": document["front"],
+        "attached": str(Path(model) / SEARCH_FILE) if attach and result.completed else None,
+    }
+    if not result.completed:
+        out["note"] = "stopped at --max-evaluations; run the same command again to continue"
+    _emit(out)
+
+
 def main() -> None:
     """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from quala.config import EvalConfig
-from quala.data import SquadData, postprocess, prepare_features
+from quala.data import Features, SquadData, postprocess, prepare_features
 from quala.engine import Predictor, run_logits
 from quala.errors import QualaError
 from quala.io import write_json_atomic
@@ -43,11 +43,29 @@ def evaluate(
 ) -> tuple[EvalResult, dict[str, str]]:
     """Predict every question of ``data`` and score it; returns the result and ``{question_id: answer}``."""
     config = config or EvalConfig()
+    t0 = time.perf_counter()
+    features = prepare_features(data.examples, predictor.tokenizer, config.data)
+    return evaluate_features(predictor, data, features, length_config, config, progress, started=t0)
+
+
+def evaluate_features(
+    predictor: Predictor,
+    data: SquadData,
+    features: Features,
+    length_config: Sequence[int] | None = None,
+    config: EvalConfig | None = None,
+    progress: bool = False,
+    started: float | None = None,
+) -> tuple[EvalResult, dict[str, str]]:
+    """:func:`evaluate` on features already tokenised from ``data`` (so a search tokenises only once).
+
+    ``started``: a :func:`time.perf_counter` value to count the wall time from (default: now).
+    """
+    config = config or EvalConfig()
     references = data.references()
     if not references:
         raise QualaError(f"{data.source} has no gold answers to score against")
-    t0 = time.perf_counter()
-    features = prepare_features(data.examples, predictor.tokenizer, config.data)
+    t0 = time.perf_counter() if started is None else started
     starts, ends = run_logits(predictor, features, length_config, config.batch_size, progress=progress)
     preds = postprocess(data.examples, features, starts, ends, config.data)
     seconds = time.perf_counter() - t0

@@ -1,0 +1,386 @@
+"""Tests for quala.search (LAT evolutionary search) and quala.latency.
+
+Algorithm tests use a synthetic, deterministic objective (no model), so they can run many seeds, depths and
+lengths quickly; the end-to-end tests run a tiny random BERT on the demo dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from conftest import DEMO_DIR, ROOT
+
+from quala.errors import QualaError
+from quala.macs import count_macs
+from quala.search import (
+    Candidate,
+    Measurement,
+    SearchConfig,
+    constant_ratio_gene,
+    crossover,
+    dominates,
+    front_area,
+    initial_genes,
+    is_valid_gene,
+    mutate,
+    pareto_front,
+    random_gene,
+    run_search,
+)
+
+DEMO_DEV = DEMO_DIR / "dev.json"
+CANDIDATE_KEYS = {"length_config", "f1", "exact_match", "macs", "latency_ms"}
+
+
+def sizes(layers: int) -> SimpleNamespace:
+    return SimpleNamespace(hidden_size=64, intermediate_size=256, num_hidden_layers=layers)
+
+
+class Synthetic:
+    """A deterministic stand-in for F1: rises with kept tokens (deep layers count less), plus fixed noise."""
+
+    def __init__(self, length: int, noise: float = 2.0):
+        self.length = length
+        self.noise = noise
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, gene: list[int]) -> Measurement:
+        self.calls.append(tuple(gene))
+        weights = [0.8**i for i in range(len(gene))]
+        kept = sum(w * n / self.length for w, n in zip(weights, gene, strict=True)) / sum(weights)
+        jitter = random.Random(hash(tuple(gene))).uniform(-self.noise, self.noise)
+        f1 = 90 * (1 - math.exp(-4 * kept)) + jitter
+        return Measurement(f1=f1, exact_match=f1 - 8, latency_ms=1 + 10 * kept)
+
+
+def small_config(**overrides) -> SearchConfig:
+    values = dict(population=5, iterations=4, mutations=5, crossovers=5, seed=3)
+    values.update(overrides)
+    return SearchConfig(**values)
+
+
+def front_genes(result) -> list[tuple[int, ...]]:
+    return [c.gene for c in result.front]
+
+
+# ------------------------------------------------------------------------------------------ gene operators
+@pytest.mark.parametrize(("layers", "length"), [(1, 16), (2, 7), (4, 64), (6, 384), (12, 384), (3, 2)])
+def test_mutation_and_crossover_only_produce_valid_genes(layers, length):
+    for seed in range(300):
+        rng = random.Random(seed)
+        parents = [random_gene(rng, layers, length), constant_ratio_gene(layers, length, rng.uniform(0, 0.9))]
+        parents.append((length,) * layers)
+        for parent in parents:
+            assert is_valid_gene(parent, layers, length), parent
+            child = mutate(parent, rng, rng.choice([0.0, 0.5, 1.0]), length)
+            assert is_valid_gene(child, layers, length), (parent, child)
+        child = crossover(parents[0], parents[1])
+        assert is_valid_gene(child, layers, length), (parents, child)
+
+
+def test_mutation_changes_genes_and_respects_probability():
+    rng = random.Random(0)
+    gene = (300, 200, 100, 50)
+    assert mutate(gene, rng, 0.0, 384) == gene
+    assert len({mutate(gene, rng, 1.0, 384) for _ in range(50)}) > 40
+
+
+def test_crossover_is_ceil_mean():
+    assert crossover((10, 7, 3), (9, 4, 2)) == (10, 6, 3)
+
+
+def test_constant_ratio_gene_is_lengthdrop_smallest():
+    # ceil(0.8 * previous), from 384: 308, 247, 198, 159, 128, 103
+    assert constant_ratio_gene(6, 384, 0.2) == (308, 247, 198, 159, 128, 103)
+    assert constant_ratio_gene(3, 5, 0.2) == (4, 4, 4)  # no float round-up: 5*0.8 = 4.000000000000001
+    assert constant_ratio_gene(3, 10, 0.0) == (10, 10, 10)
+    assert constant_ratio_gene(4, 4, 0.9) == (2, 2, 2, 2)  # never below min_length
+
+
+@pytest.mark.parametrize(("layers", "length"), [(6, 384), (12, 384), (3, 128)])
+def test_initial_genes_spread_between_smallest_and_full(layers, length):
+    config = SearchConfig(population=10)
+    genes = initial_genes(sizes(layers), length, config)
+    low = count_macs(sizes(layers), length, constant_ratio_gene(layers, length, 0.2)).total
+    high = count_macs(sizes(layers), length).total
+    macs = [count_macs(sizes(layers), length, g).total for g in genes]
+    assert 5 <= len(genes) <= 10
+    assert all(is_valid_gene(g, layers, length) for g in genes)
+    assert all(low < m < high for m in macs)
+    assert macs == sorted(macs)  # evenly spaced targets, increasing
+
+
+# ------------------------------------------------------------------------------------------ fronts and area
+def cand(gene, f1, macs, latency=None) -> Candidate:
+    return Candidate(list(gene), f1, f1, macs, latency)
+
+
+def test_pareto_front_by_hand():
+    a, b, c, d = cand([1], 50, 10), cand([2], 60, 20), cand([3], 55, 30), cand([4], 60, 40)
+    e = cand([5], 60, 20)  # same cost and F1 as b: one of them is kept
+    front = pareto_front([d, c, b, a, e], "macs")
+    assert [x.macs for x in front] == [10, 20]
+    assert dominates(b, c) and dominates(b, d) and not dominates(a, b)
+    # the anchor (full length) stays even when dominated, sorted by cost
+    assert [x.gene for x in pareto_front([a, b, c, d], "macs", anchor=(4,))] == [(1,), (2,), (4,)]
+
+
+def test_front_area_is_mean_best_f1_over_budgets():
+    # best F1 is 50 on [0.5, 0.75) and 80 on [0.75, 1]: mean = (0.25*50 + 0.25*80) / 0.5 = 65
+    assert front_area([(0.5, 50.0), (0.75, 80.0), (1.0, 70.0)], 0.5, 1.0) == pytest.approx(65.0)
+    # nothing fits below 0.6: 0 there
+    assert front_area([(0.6, 40.0), (1.0, 40.0)], 0.5, 1.0) == pytest.approx(32.0)
+    with pytest.raises(ValueError):
+        front_area([(1.0, 1.0)], 1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------ the search
+@pytest.mark.parametrize(("layers", "length", "seed"), [(6, 384, 0), (4, 128, 1), (12, 384, 2), (2, 32, 3)])
+def test_front_is_non_dominated_and_contains_full_length(layers, length, seed):
+    objective = Synthetic(length)
+    result = run_search(objective, sizes(layers), length, small_config(seed=seed))
+    full = (length,) * layers
+    smallest = constant_ratio_gene(layers, length, 0.2)
+    genes = [c.gene for c in result.candidates]
+    assert full in front_genes(result)
+    assert result.completed and result.num_evaluations == len(set(genes)) == len(objective.calls)
+    assert len(objective.calls) == len(set(objective.calls))  # memoised: each candidate evaluated once
+    floor = count_macs(sizes(layers), length, smallest).total
+    for c in result.candidates:
+        assert is_valid_gene(c.gene, layers, length)
+        assert c.macs >= floor  # nothing cheaper than the smallest sub-model
+    for f in result.front:
+        if f.gene != full:
+            assert not any(dominates(c, f) for c in result.candidates), f
+    # complete: every non-dominated candidate is on the front (or ties one of its members)
+    for c in result.candidates:
+        if not any(dominates(o, c) for o in result.candidates):
+            assert any(f.macs == c.macs and f.f1 == c.f1 for f in result.front), c
+    costs = [c.macs for c in result.front]
+    assert costs == sorted(costs)
+    assert 0 < result.area_macs <= max(c.f1 for c in result.candidates)
+
+
+def test_evolution_beats_random_on_synthetic_objective():
+    length, layers = 384, 6
+    evo = run_search(Synthetic(length, noise=0.5), sizes(layers), length, small_config(iterations=6))
+    rnd = run_search(
+        Synthetic(length, noise=0.5),
+        sizes(layers),
+        length,
+        small_config(strategy="random", evaluations=evo.num_evaluations),
+    )
+    assert rnd.num_evaluations == evo.num_evaluations
+    assert evo.area_macs > rnd.area_macs
+
+
+def test_latency_objective_uses_measured_cost():
+    result = run_search(Synthetic(64), sizes(3), 64, small_config(objective="latency"))
+    latencies = [c.latency_ms for c in result.front]
+    assert latencies == sorted(latencies)
+    assert result.area is not None and result.area != result.area_macs
+
+
+def test_random_strategy_evaluates_the_requested_number():
+    objective = Synthetic(96)
+    result = run_search(objective, sizes(4), 96, SearchConfig(strategy="random", evaluations=17, seed=1))
+    assert result.num_evaluations == 17 == len(set(objective.calls))
+    assert (96,) * 4 in front_genes(result)
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "random"])
+def test_resumed_search_gives_the_same_front(tmp_path, strategy):
+    length, layers = 128, 4
+    config = small_config(strategy=strategy, evaluations=25)
+    reference = run_search(Synthetic(length), sizes(layers), length, config, tmp_path / "a.json")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after(k):
+        count = [0]
+
+        def hook(_):
+            count[0] += 1
+            if count[0] == k:
+                raise Killed
+
+        return hook
+
+    state = tmp_path / "b.json"
+    first = Synthetic(length)
+    with pytest.raises(Killed):
+        run_search(first, sizes(layers), length, config, state, on_evaluate=kill_after(7))
+    assert len(json.loads(state.read_text())["candidates"]) == 7  # saved before the crash
+    second = Synthetic(length)
+    with pytest.raises(Killed):  # killed again mid-way through the resumed run
+        run_search(second, sizes(layers), length, config, state, on_evaluate=kill_after(5))
+    third = Synthetic(length)
+    resumed = run_search(third, sizes(layers), length, config, state)
+    assert front_genes(resumed) == front_genes(reference)
+    assert [c.gene for c in resumed.candidates] == [c.gene for c in reference.candidates]
+    assert resumed.area_macs == reference.area_macs
+    calls = first.calls + second.calls + third.calls
+    assert len(calls) == len(set(calls)) == reference.num_evaluations  # nothing evaluated twice
+
+
+def test_max_evaluations_stops_and_resumes(tmp_path):
+    config = small_config()
+    reference = run_search(Synthetic(64), sizes(3), 64, config)
+    state = tmp_path / "state.json"
+    stopped = run_search(Synthetic(64), sizes(3), 64, small_config(max_evaluations=9), state)
+    assert not stopped.completed and stopped.num_evaluations == 9
+    resumed = run_search(Synthetic(64), sizes(3), 64, config, state)
+    assert resumed.completed and front_genes(resumed) == front_genes(reference)
+    with pytest.raises(QualaError, match="too small"):
+        run_search(Synthetic(64), sizes(3), 64, small_config(max_evaluations=1), tmp_path / "x.json")
+
+
+def test_state_of_another_model_is_refused(tmp_path):
+    state = tmp_path / "state.json"
+    run_search(Synthetic(64), sizes(3), 64, small_config(iterations=1), state, fingerprint={"model": "a"})
+    with pytest.raises(QualaError, match="different model"):
+        run_search(Synthetic(64), sizes(3), 64, small_config(iterations=1), state, fingerprint={"model": "b"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"population": 0}, "population must be >= 1"),
+        ({"objective": "flops"}, "unknown objective"),
+        ({"strategy": "grid"}, "unknown strategy"),
+        ({"mutation_prob": 1.5}, "mutation_prob"),
+        ({"ratio_bound": 0.0}, "ratio_bound"),
+        ({"budgets": [0.5, 2.0]}, "budgets"),
+        ({"max_examples": 0}, "max_examples"),
+    ],
+)
+def test_bad_settings_are_rejected(overrides, message):
+    with pytest.raises(QualaError, match=message):
+        SearchConfig(**overrides)
+
+
+# ------------------------------------------------------------------------------------------ real (tiny) model
+def test_measure_latency_on_tiny_model(tiny_model_dir):
+    from quala.engine import load_predictor
+    from quala.latency import LatencyConfig, measure_latency, synthetic_batch
+
+    predictor = load_predictor(tiny_model_dir, threads=1)
+    batch = synthetic_batch(predictor, 2, 40)
+    assert batch["input_ids"].shape == (2, 40) and batch["token_type_ids"][0, -1] == 1
+    config = LatencyConfig(warmup=1, repeats=3, batch_size=2, seq_length=40)
+    result = measure_latency(predictor, [30, 20, 10, 5], config)
+    assert result.batch_size == 2 and result.seq_length == 40 and result.threads == 1
+    assert 0 < result.min_ms <= result.median_ms <= result.p90_ms
+    assert result.backend == "torch" and result.length_config == [30, 20, 10, 5]
+    with pytest.raises(QualaError):
+        LatencyConfig(repeats=0)
+
+
+def test_evaluate_features_matches_evaluate(tiny_model_dir):
+    from quala.data import load_squad, prepare_features
+    from quala.engine import load_predictor
+    from quala.evaluate import evaluate, evaluate_features
+
+    predictor = load_predictor(tiny_model_dir, threads=1)
+    data = load_squad(DEMO_DEV, max_examples=12)
+    features = prepare_features(data.examples, predictor.tokenizer)
+    a, pa = evaluate(predictor, data, [300, 200, 100, 50])
+    b, pb = evaluate_features(predictor, data, features, [300, 200, 100, 50])
+    assert pa == pb and a.f1 == b.f1 and a.macs == b.macs
+
+
+def test_search_writes_schema_plot_and_attaches(tmp_path, tiny_model_dir):
+    from quala.search import search
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = SearchConfig(population=3, iterations=2, mutations=2, crossovers=2, max_examples=16, seed=0)
+    config.latency.repeats = 1
+    config.latency.warmup = 0
+    config.evaluation.threads = 1
+    out = tmp_path / "out"
+    result, document = search(str(model), str(DEMO_DEV), "0:2", out, config, attach=True, progress=False)
+    written = json.loads((out / "search.json").read_text())
+    assert written == json.loads(json.dumps(document))
+    assert {"settings", "data", "candidates", "front"} <= set(written)
+    assert written["data"] == {"file": str(DEMO_DEV), "articles": "0:2", "num_questions": 16}
+    for entry in written["candidates"] + written["front"]:
+        assert set(entry) == CANDIDATE_KEYS
+        assert isinstance(entry["macs"], int) and entry["latency_ms"] > 0
+    assert [4 * [384]] == [f["length_config"] for f in written["front"] if f["length_config"] == 4 * [384]]
+    assert written["settings"]["reference_length"] == 384 and written["settings"]["num_layers"] == 4
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((model / "search.json").read_text()) == written
+    # resuming a finished search evaluates nothing new and writes the same front
+    again, _ = search(str(model), str(DEMO_DEV), "0:2", out, config, progress=False)
+    assert [c.gene for c in again.front] == [c.gene for c in result.front]
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def quala(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-c", "from quala.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_cli_macs_on_a_config_only_directory(tmp_path):
+    from transformers import BertConfig
+
+    minilm = BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=12)
+    minilm.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    la = quala("macs", "--model", str(tmp_path), "--length-config", "315,251,242,159,142,33")
+    assert la.returncode == 0, la.stderr
+    out = json.loads(la.stdout.strip().splitlines()[-1])
+    assert out["macs"] / 1e9 == pytest.approx(2.546, rel=0.005)
+    assert out["macs"] / out["fraction_of_full"] / 1e9 == pytest.approx(4.757, rel=0.005)
+    assert out["seq_length"] == 384 and out["length_config"] == [315, 251, 242, 159, 142, 33]
+    bad = quala("macs", "--model", str(tmp_path), "--length-config", "300,200")
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--population", "0"], "population must be >= 1"),
+        (["--objective", "flops"], "unknown objective"),
+        (["--articles", "9:3"], "--articles"),
+        (["--config", "no-such-preset"], "neither a file nor a packaged preset"),
+    ],
+)
+def test_cli_search_rejects_bad_input(tmp_path, tiny_model_dir, args, message):
+    out = tmp_path / "out"
+    proc = quala("search", "--model", str(tiny_model_dir), "--data", str(DEMO_DEV), "--output", str(out),
+                 *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (out / "search.json").exists()
+
+
+def test_cli_search_runs_the_cpu_preset_shape(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    args = ["search", "--model", str(tiny_model_dir), "--data", str(DEMO_DEV), "--output", str(out)]
+    args += ["--config", "search-cpu", "--iterations", "1", "--mutations", "2", "--crossovers", "2"]
+    args += ["--max-examples", "10", "--latency-repeats", "1", "--threads", "1", "--no-progress"]
+    proc = quala(*args)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["completed"] and summary["data"]["num_questions"] == 10
+    settings = json.loads((out / "search.json").read_text())["settings"]
+    assert settings["population"] == 8 and settings["iterations"] == 1  # preset, then CLI overrides
+    assert settings["latency"]["repeats"] == 1 and settings["latency"]["warmup"] == 1
