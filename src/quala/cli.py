@@ -143,6 +143,72 @@ def macs(
     )
 
 
+OutputDirOpt = Annotated[Path, typer.Option("--output", help="New directory to write (absent or empty).")]
+
+
+@app.command()
+def export(
+    model: ModelOpt,
+    output: OutputDirOpt,
+    full_graph: Annotated[
+        bool,
+        typer.Option(help="Write model_full.onnx: a fused full-length graph, used when nothing is dropped."),
+    ] = True,
+) -> None:
+    """Export a model to ONNX: one graph for every length configuration (+ a fused full-length graph)."""
+    from quala.export import export_model
+
+    result = export_model(model, output, full_graph=full_graph)
+    _emit({"output": str(result.directory), "fusion": result.fusion})
+
+
+@app.command()
+def quantize(
+    model: Annotated[
+        str, typer.Option("--model", help="fp32 model directory (PyTorch safetensors, or a quala export).")
+    ],
+    output: OutputDirOpt,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="dynamic: activations quantized at run time (fastest here); static: QDQ graph with "
+            "activation ranges calibrated on --calibration-file."
+        ),
+    ] = "dynamic",
+    calibration_file: Annotated[
+        str | None, typer.Option(help="SQuAD JSON whose first features calibrate activations (static mode).")
+    ] = None,
+    calibration_articles: Annotated[
+        str | None, typer.Option(help="Article range A:B of --calibration-file to calibrate on, e.g. 32:40.")
+    ] = None,
+    calibration_features: Annotated[
+        int, typer.Option(help="Number of calibration features (--mode static).")
+    ] = 100,
+    keep_fp32: Annotated[
+        str,
+        typer.Option(
+            help="none: quantize every Linear layer; ffn-output: keep the FFN output projections "
+            "(activation outliers) in fp32."
+        ),
+    ] = "none",
+) -> None:
+    """Quantize a model to int8 (per-channel weights, embeddings fp32) for ONNX Runtime."""
+    from quala.quantize import quantize_model
+
+    result = quantize_model(
+        model, output, mode, calibration_file, calibration_articles, keep_fp32, calibration_features
+    )
+    _emit(
+        {
+            "output": str(result.directory),
+            "mode": result.mode,
+            "graphs": result.graphs,
+            "size_mb": result.size_mb,
+            "fp32_nodes_per_graph": result.excluded_nodes,
+        }
+    )
+
+
 def main() -> None:
     """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
