@@ -209,6 +209,57 @@ def quantize(
     )
 
 
+@app.command()
+def benchmark(
+    model: Annotated[
+        str, typer.Option("--model", help="fp32 length-adaptive model directory (or 'packaged:minilm').")
+    ],
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("--output", help="Directory for benchmark.json/.md and the plot.")],
+    articles: ArticlesOpt = None,
+    max_examples: Annotated[int | None, typer.Option(help="Benchmark the first N questions.")] = 200,
+    baseline_model: Annotated[
+        str | None, typer.Option(help="Trained BERT-base QA directory; default: random 12x768 weights.")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (serving protocol).")] = "1,32",
+    protocol: Annotated[
+        str, typer.Option(help="serving (real lengths), paper (padded to 384, batch 32), or both.")
+    ] = "both",
+    length_configs: Annotated[
+        str | None,
+        typer.Option(help="Length configs for the LA rows, separated by ';' (default: the model's search front)."),
+    ] = None,
+    onnx_model: Annotated[
+        str | None, typer.Option(help="Existing fp32 export of --model (default: exported into OUTPUT/models).")
+    ] = None,
+    int8_model: Annotated[
+        str | None, typer.Option(help="Existing int8 model of --model (default: quantized into OUTPUT/models).")
+    ] = None,
+    threads: ThreadsOpt = None,
+    label: Annotated[str, typer.Option(help="Name of the model in the rows.")] = "MiniLM",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Time BERT-base, fp32/int8 and length-adaptive int8 engines side by side on real SQuAD questions."""
+    from quala.benchmark import PROTOCOLS
+    from quala.benchmark import benchmark as run_benchmark
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise QualaError(f"--batch-sizes must look like 1,32; got {batch_sizes!r}") from None
+    if not sizes:
+        raise QualaError("--batch-sizes is empty")
+    protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
+    if any(p not in PROTOCOLS for p in protocols):
+        raise QualaError(f"--protocol must be serving, paper or both; got {protocol!r}")
+    configs = [c for c in length_configs.split(";") if c.strip()] if length_configs is not None else None
+    result = run_benchmark(
+        model, data, output, articles, max_examples, sizes, protocols, baseline_model, configs, onnx_model,
+        int8_model, threads, label, progress,
+    )
+    _emit({"output": str(output), "rows": len(result.rows)})
+
+
 def main() -> None:
     """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

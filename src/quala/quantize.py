@@ -198,7 +198,7 @@ def quantize_model(
                         num_calibration_features,
                         names,
                         int(config.num_hidden_layers),
-                        _reference_length(config),
+                        reference_length(config),
                     )
                 quantize_graph(fp32 / graph, tmp / graph, mode, exclude, calibration)
             for item in fp32.iterdir():
@@ -226,7 +226,8 @@ def quantize_model(
     return QuantizeResult(output, mode, graphs, excluded, round(size_mb, 2))
 
 
-def _reference_length(config) -> int:
+def reference_length(config) -> int:
+    """The length-adaptive reference length stored in a Hugging Face config (384 when absent)."""
     from quala.model import CONFIG_KEY
 
     return int((getattr(config, CONFIG_KEY, None) or {}).get("reference_length", 384))
