@@ -267,6 +267,122 @@ def search(
         out["note"] = "stopped at --max-evaluations; run the same command again to continue"
     _emit(out)
 
+OutputDirOpt = Annotated[Path, typer.Option("--output", help="New directory to write (absent or empty).")]
+
+
+@app.command()
+def export(
+    model: ModelOpt,
+    output: OutputDirOpt,
+    full_graph: Annotated[
+        bool,
+        typer.Option(help="Write model_full.onnx: a fused full-length graph, used when nothing is dropped."),
+    ] = True,
+) -> None:
+    """Export a model to ONNX: one graph for every length configuration (+ a fused full-length graph)."""
+    from quala.export import export_model
+
+    result = export_model(model, output, full_graph=full_graph)
+    _emit({"output": str(result.directory), "fusion": result.fusion})
+
+
+@app.command()
+def quantize(
+    model: Annotated[
+        str, typer.Option("--model", help="fp32 model directory (PyTorch safetensors, or a quala export).")
+    ],
+    output: OutputDirOpt,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="dynamic: activations quantized at run time (fastest here); static: QDQ graph with "
+            "activation ranges calibrated on --calibration-file."
+        ),
+    ] = "dynamic",
+    calibration_file: Annotated[
+        str | None, typer.Option(help="SQuAD JSON whose first features calibrate activations (static mode).")
+    ] = None,
+    calibration_articles: Annotated[
+        str | None, typer.Option(help="Article range A:B of --calibration-file to calibrate on, e.g. 32:40.")
+    ] = None,
+    calibration_features: Annotated[
+        int, typer.Option(help="Number of calibration features (--mode static).")
+    ] = 100,
+    keep_fp32: Annotated[
+        str,
+        typer.Option(
+            help="none: quantize every Linear layer; ffn-output: keep the FFN output projections "
+            "(activation outliers) in fp32."
+        ),
+    ] = "none",
+) -> None:
+    """Quantize a model to int8 (per-channel weights, embeddings fp32) for ONNX Runtime."""
+    from quala.quantize import quantize_model
+
+    result = quantize_model(
+        model, output, mode, calibration_file, calibration_articles, keep_fp32, calibration_features
+    )
+    _emit(
+        {
+            "output": str(result.directory),
+            "mode": result.mode,
+            "graphs": result.graphs,
+            "size_mb": result.size_mb,
+            "fp32_nodes_per_graph": result.excluded_nodes,
+        }
+    )
+
+
+@app.command()
+def benchmark(
+    model: Annotated[
+        str, typer.Option("--model", help="fp32 length-adaptive model directory (or 'packaged:minilm').")
+    ],
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("--output", help="Directory for benchmark.json/.md and the plot.")],
+    articles: ArticlesOpt = None,
+    max_examples: Annotated[int | None, typer.Option(help="Benchmark the first N questions.")] = 200,
+    baseline_model: Annotated[
+        str | None, typer.Option(help="Trained BERT-base QA directory; default: random 12x768 weights.")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (serving protocol).")] = "1,32",
+    protocol: Annotated[
+        str, typer.Option(help="serving (real lengths), paper (padded to 384, batch 32), or both.")
+    ] = "both",
+    length_configs: Annotated[
+        str | None,
+        typer.Option(help="Length configs for the LA rows, separated by ';' (default: the model's search front)."),
+    ] = None,
+    onnx_model: Annotated[
+        str | None, typer.Option(help="Existing fp32 export of --model (default: exported into OUTPUT/models).")
+    ] = None,
+    int8_model: Annotated[
+        str | None, typer.Option(help="Existing int8 model of --model (default: quantized into OUTPUT/models).")
+    ] = None,
+    threads: ThreadsOpt = None,
+    label: Annotated[str, typer.Option(help="Name of the model in the rows.")] = "MiniLM",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Time BERT-base, fp32/int8 and length-adaptive int8 engines side by side on real SQuAD questions."""
+    from quala.benchmark import PROTOCOLS
+    from quala.benchmark import benchmark as run_benchmark
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise QualaError(f"--batch-sizes must look like 1,32; got {batch_sizes!r}") from None
+    if not sizes:
+        raise QualaError("--batch-sizes is empty")
+    protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
+    if any(p not in PROTOCOLS for p in protocols):
+        raise QualaError(f"--protocol must be serving, paper or both; got {protocol!r}")
+    configs = [c for c in length_configs.split(";") if c.strip()] if length_configs is not None else None
+    result = run_benchmark(
+        model, data, output, articles, max_examples, sizes, protocols, baseline_model, configs, onnx_model,
+        int8_model, threads, label, progress,
+    )
+    _emit({"output": str(output), "rows": len(result.rows)})
+
 
 def main() -> None:
     """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""

@@ -7,6 +7,7 @@ go through :func:`load_predictor`, so an fp32 PyTorch directory and an int8 ONNX
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,13 @@ from quala.config import DataConfig, LengthAdaptiveConfig
 from quala.data import Example, Prediction, collate, length_grouped_batches, postprocess, prepare_features
 from quala.errors import QualaError
 from quala.macs import count_macs
-from quala.model import LengthAdaptiveQA, load_tokenizer, parse_length_config, torch_threads
+from quala.model import (
+    LengthAdaptiveQA,
+    load_tokenizer,
+    parse_length_config,
+    torch_threads,
+    validate_length_config,
+)
 
 
 @dataclass
@@ -71,7 +78,69 @@ class TorchPredictor:
         return SpanLogits(out.start_logits.numpy(), out.end_logits.numpy())
 
 
-_BACKENDS: dict[str, Any] = {"torch": TorchPredictor}
+class OnnxPredictor:
+    """ONNX Runtime backend over an exported (fp32 or int8) model directory (see :mod:`quala.export`).
+
+    ``model.onnx`` runs any length configuration (an int64 graph input); ``model_full.onnx``, when present,
+    serves full-length requests with fused attention. Both sessions share the thread settings and do not
+    spin-wait, so they do not steal each other's cores.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, directory: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+        from transformers import AutoConfig
+
+        from quala.config import from_dict
+        from quala.export import FULL_GRAPH, LA_GRAPH
+        from quala.model import CONFIG_KEY
+
+        directory = Path(directory)
+        if not (directory / LA_GRAPH).is_file():
+            raise QualaError(f"{directory} has no {LA_GRAPH}; create it with quala export or quala quantize")
+        self.directory = directory
+        self.threads = threads
+        self.model_config = AutoConfig.from_pretrained(directory)
+        stored = getattr(self.model_config, CONFIG_KEY, None) or {}
+        where = f"{directory}/config.json:{CONFIG_KEY}"
+        self.la_config = from_dict(LengthAdaptiveConfig, stored, where=where)
+        self.tokenizer = load_tokenizer(directory)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(directory / LA_GRAPH), options, providers=providers)
+        full = directory / FULL_GRAPH
+        self.full_session = (
+            ort.InferenceSession(str(full), options, providers=providers) if full.is_file() else None
+        )
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, threads: int | None = None) -> OnnxPredictor:
+        return cls(path, threads)
+
+    def logits(self, batch: dict[str, np.ndarray], length_config: Sequence[int] | None) -> SpanLogits:
+        feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in batch.items() if k in self.input_names}
+        if length_config is None and self.full_session is not None:
+            start, end = self.full_session.run(None, feed)
+        else:
+            n = int(self.model_config.num_hidden_layers)
+            if length_config is None:  # the ratio rule at the reference length keeps every real token
+                counts = [self.la_config.reference_length] * n
+            else:
+                counts = [int(c) for c in length_config]
+                validate_length_config(counts, n)
+            feed["length_config"] = np.asarray(counts, dtype=np.int64)
+            start, end = self.session.run(None, feed)
+        return SpanLogits(start, end)
+
+
+_BACKENDS: dict[str, Any] = {"torch": TorchPredictor, "onnxruntime": OnnxPredictor}
 
 
 def register_backend(name: str, factory: Any) -> None:

@@ -1,0 +1,230 @@
+"""ONNX export of a length-adaptive QA model: one graph for every length configuration, plus a fused one.
+
+``model.onnx`` (the *length-adaptive graph*) takes the per-layer token counts as an int64 graph input
+``length_config`` of shape ``(N,)`` that feeds TopK (Drop-and-Restore, LAT §3.2), so a server switches budgets
+per request without loading another model; batch and sequence axes are dynamic. This goes beyond the reference
+implementations, which export one graph per configuration.
+
+``model_full.onnx`` (optional, the *full-length graph*) is the plain encoder exported from eager attention
+with the legacy exporter, then fused by ONNX Runtime's transformer optimizer (Attention, SkipLayerNorm, Gelu).
+A token-dropping graph cannot use fused attention (significance needs the attention probabilities), so
+full-length requests run faster on this second graph (measured in docs/inference.md).
+
+The output directory holds the graphs, ``config.json`` (with the length-adaptive settings), the tokenizer, a
+copy of ``search.json`` when the source has one, and ``manifest.json`` with ``"backend": "onnxruntime"``, so
+:func:`quala.engine.load_predictor` (backend ``auto``) loads it like an fp32 PyTorch directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quala.errors import QualaError
+from quala.model import CONFIG_KEY, LengthAdaptiveQA, load_tokenizer
+
+LA_GRAPH = "model.onnx"
+FULL_GRAPH = "model_full.onnx"
+OPSET = 17
+FUSED_OPS = ("Attention", "SkipLayerNormalization")  # what the optimizer must produce on the full graph
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    directory: Path
+    la_graph: Path
+    full_graph: Path | None
+    fusion: dict[str, int] | None  # fused-operator counts of the full-length graph
+
+
+def _input_names(model: LengthAdaptiveQA) -> list[str]:
+    uses_types = getattr(model.config, "type_vocab_size", 1) > 1
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_types else [])
+
+
+def _dummy_inputs(model: LengthAdaptiveQA, names: list[str]) -> dict[str, torch.Tensor]:
+    """A padded batch of two rows, so tracing sees both dynamic axes and padding."""
+    B, L = 2, 24
+    ids = torch.randint(5, min(int(model.config.vocab_size), 1000), (B, L))
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 17:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:
+        types = torch.zeros(B, L, dtype=torch.long)
+        types[:, 10:] = 1
+        out["token_type_ids"] = types
+    return out
+
+
+class _LengthAdaptiveGraph(nn.Module):
+    """``LengthAdaptiveQA`` with positional inputs and a tensor ``length_config`` (what the tracer needs)."""
+
+    def __init__(self, model: LengthAdaptiveQA, uses_types: bool):
+        super().__init__()
+        self.model, self.uses_types = model, uses_types
+
+    def forward(self, input_ids, attention_mask, *rest):
+        token_type_ids = rest[0] if self.uses_types else None
+        length_config = rest[-1]
+        out = self.model(input_ids, attention_mask, token_type_ids, length_config=length_config)
+        return out.start_logits, out.end_logits
+
+
+class _FullGraph(nn.Module):
+    """The wrapped Hugging Face QA model at full length (eager attention, so the optimizer can fuse it)."""
+
+    def __init__(self, hf: nn.Module, uses_types: bool):
+        super().__init__()
+        self.hf, self.uses_types = hf, uses_types
+
+    def forward(self, input_ids, attention_mask, *rest):
+        kwargs = {"token_type_ids": rest[0]} if self.uses_types else {}
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return out.start_logits, out.end_logits
+
+
+def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> None:
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in names if n != "length_config"}
+    dynamic.update({"start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # TracerWarnings about shape-dependent Python values we handle as tensors
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=names,
+            output_names=["start_logits", "end_logits"],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path) -> Path:
+    """Export the Drop-and-Restore model with ``length_config`` (int64, (N,)) as a graph input."""
+    path = Path(path)
+    names = _input_names(model)
+    dummy = _dummy_inputs(model, names)
+    ref = model.la_config.reference_length
+    # a dropping configuration while tracing, so every layer's TopK size is a tensor expression
+    counts = torch.tensor([max(2, ref - 7 * (i + 1)) for i in range(model.num_layers)], dtype=torch.long)
+    module = _LengthAdaptiveGraph(model.eval(), "token_type_ids" in names)
+    with torch.no_grad():
+        _export(module, (*dummy.values(), counts), [*names, "length_config"], path)
+    return path
+
+
+def export_full_length(
+    model: LengthAdaptiveQA, path: str | Path, optimize: bool = True
+) -> dict[str, int] | None:
+    """Export the full-length encoder and fuse it with ONNX Runtime's transformer optimizer.
+
+    Returns the fused-operator counts (``None`` without ``optimize``). Fusion needs eager attention and the
+    legacy exporter (docs: cpu-inference-notes.md); a lost fusion raises, so it cannot go unnoticed.
+    """
+    path = Path(path)
+    names = _input_names(model)
+    dummy = _dummy_inputs(model, names)
+    hf = model.hf
+    previous = hf.config._attn_implementation
+    hf.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            _export(_FullGraph(hf.eval(), "token_type_ids" in names), tuple(dummy.values()), names, path)
+    finally:
+        hf.set_attn_implementation(previous)
+    if not optimize:
+        return None
+    return fuse_graph(path, int(model.config.num_attention_heads), int(model.config.hidden_size))
+
+
+def fuse_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """Run the transformer optimizer in place on a full-length BERT-style graph; return its fusion counts."""
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_gelu_approximation = False  # keep the exact GELU: no accuracy change
+    opt = optimizer.optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        optimization_options=options,
+        opt_level=0,
+    )
+    stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items()}
+    missing = [op for op in FUSED_OPS if stats.get(op, 0) == 0]
+    if missing:
+        raise QualaError(
+            f"ONNX Runtime did not fuse {missing} in {path}; export with eager attention, opset {OPSET}"
+        )
+    opt.save_model_to_file(str(path))
+    return stats
+
+
+def copy_model_files(source: str | Path, output: Path, model: LengthAdaptiveQA) -> None:
+    """config.json (with the length-adaptive settings), tokenizer files and search.json next to the graphs."""
+    from quala.model import resolve_model_path
+
+    setattr(model.config, CONFIG_KEY, dataclasses.asdict(model.la_config))
+    model.config.save_pretrained(output)
+    load_tokenizer(source).save_pretrained(output)
+    src = Path(resolve_model_path(source))
+    if (src / "search.json").is_file():
+        shutil.copyfile(src / "search.json", output / "search.json")
+
+
+def export_model(source: str | Path, output: str | Path, full_graph: bool = True) -> ExportResult:
+    """Export ``source`` (a model directory or ``packaged:minilm``) to an ONNX Runtime model directory."""
+    from quala.io import write_manifest
+
+    output = Path(output)
+    model = LengthAdaptiveQA.from_pretrained(source)
+    with staging_dir(output) as tmp:
+        export_length_adaptive(model, tmp / LA_GRAPH)
+        fusion = export_full_length(model, tmp / FULL_GRAPH) if full_graph else None
+        copy_model_files(source, tmp, model)
+        write_manifest(
+            tmp,
+            "export",
+            backend="onnxruntime",
+            source=str(source),
+            dtype="fp32",
+            graphs={"length_adaptive": LA_GRAPH, "full_length": FULL_GRAPH if full_graph else None},
+            fusion=fusion,
+        )
+    return ExportResult(output, output / LA_GRAPH, output / FULL_GRAPH if full_graph else None, fusion)
+
+
+@contextlib.contextmanager
+def staging_dir(output: Path) -> Iterator[Path]:
+    """Build a model directory in a temporary sibling and move it onto ``output`` only when complete."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise QualaError(f"output {output} already exists and is not an empty directory; choose a new one")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if output.exists():
+            output.rmdir()
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

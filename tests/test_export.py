@@ -1,0 +1,133 @@
+"""ONNX export: the length-adaptive graph matches PyTorch at any configuration; the full one is fused."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import tiny_hf_qa
+
+from quala.export import FUSED_OPS, export_full_length, export_length_adaptive, export_model
+from quala.model import LengthAdaptiveQA
+
+DROPPED = [300, 250, 120, 40]
+
+
+def _session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _batch(family: str, lengths: list[int], vocab: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """A right-padded batch whose rows have the given real lengths."""
+    rng = np.random.default_rng(seed)
+    L = max(lengths)
+    ids = rng.integers(5, vocab, size=(len(lengths), L)).astype(np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+        ids[row, n:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if family == "bert":
+        types = np.zeros_like(ids)
+        types[:, L // 3 :] = 1
+        batch["token_type_ids"] = types * mask
+    return batch
+
+
+def _torch_logits(model, batch, length_config):
+    with torch.no_grad():
+        out = model(
+            torch.from_numpy(batch["input_ids"]),
+            torch.from_numpy(batch["attention_mask"]),
+            torch.from_numpy(batch["token_type_ids"]) if "token_type_ids" in batch else None,
+            length_config=length_config,
+        )
+    return out.start_logits.numpy(), out.end_logits.numpy()
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def exported(request, tmp_path_factory):
+    family = request.param
+    model = LengthAdaptiveQA(tiny_hf_qa(family, vocab_size=1000)).eval()
+    path = export_length_adaptive(model, tmp_path_factory.mktemp(f"onnx-{family}") / "model.onnx")
+    return family, model, _session(path)
+
+
+@pytest.mark.parametrize("length_config", [None, DROPPED])
+def test_length_adaptive_graph_matches_pytorch(exported, length_config):
+    family, model, session = exported
+    batch = _batch(family, [57, 80, 33], vocab=1000)  # longer than the traced input, with padding
+    counts = length_config or [model.la_config.reference_length] * model.num_layers
+    start, end = session.run(None, {**batch, "length_config": np.asarray(counts, dtype=np.int64)})
+    ref_start, ref_end = _torch_logits(model, batch, length_config)
+    mask = batch["attention_mask"].astype(bool)
+    np.testing.assert_allclose(start[mask], ref_start[mask], atol=1e-4)
+    np.testing.assert_allclose(end[mask], ref_end[mask], atol=1e-4)
+
+
+def test_one_session_runs_two_length_configs(exported):
+    family, model, session = exported
+    batch = _batch(family, [64, 64], vocab=1000, seed=3)
+    outputs = []
+    for counts in ([384, 384, 384, 384], DROPPED, [100, 100, 50, 20]):
+        start, _ = session.run(None, {**batch, "length_config": np.asarray(counts, dtype=np.int64)})
+        ref, _ = _torch_logits(model, batch, counts)
+        np.testing.assert_allclose(start, ref, atol=1e-4)
+        outputs.append(start)
+    # the configurations really change the computation (dropped tokens reach the head with older states)
+    assert not np.allclose(outputs[0], outputs[2], atol=1e-3)
+
+
+def test_padded_batch_matches_rows(exported):
+    family, model, session = exported
+    lengths = [70, 41, 12]
+    batch = _batch(family, lengths, vocab=1000, seed=5)
+    counts = np.asarray(DROPPED, dtype=np.int64)
+    start, _ = session.run(None, {**batch, "length_config": counts})
+    for row, n in enumerate(lengths):
+        single = {k: v[row : row + 1, :n] for k, v in batch.items()}
+        alone, _ = session.run(None, {**single, "length_config": counts})
+        np.testing.assert_allclose(start[row, :n], alone[0], atol=1e-4)
+
+
+def test_full_graph_is_fused_and_matches(tmp_path):
+    model = LengthAdaptiveQA(tiny_hf_qa("bert", vocab_size=1000)).eval()
+    before = model.hf.config._attn_implementation
+    fusion = export_full_length(model, tmp_path / "full.onnx")
+    assert fusion["Attention"] == model.num_layers
+    assert all(fusion[op] > 0 for op in FUSED_OPS)
+    graph_ops = {n.op_type for n in onnx.load(str(tmp_path / "full.onnx")).graph.node}
+    assert "Attention" in graph_ops and "Softmax" not in graph_ops
+    batch = _batch("bert", [90, 40], vocab=1000)
+    start, end = _session(tmp_path / "full.onnx").run(None, batch)
+    ref_start, ref_end = _torch_logits(model, batch, None)
+    mask = batch["attention_mask"].astype(bool)
+    np.testing.assert_allclose(start[mask], ref_start[mask], atol=1e-4)
+    np.testing.assert_allclose(end[mask], ref_end[mask], atol=1e-4)
+    assert model.hf.config._attn_implementation == before  # export restores the caller's setting
+
+
+def test_export_model_directory(tiny_model_dir, tmp_path):
+    from quala.io import read_manifest
+
+    out = tmp_path / "onnx"
+    result = export_model(tiny_model_dir, out)
+    assert {"model.onnx", "model_full.onnx", "config.json", "tokenizer.json", "manifest.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert read_manifest(out)["backend"] == "onnxruntime"
+    assert result.fusion["Attention"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_export_refuses_non_empty_output(tiny_model_dir, tmp_path):
+    from quala.errors import QualaError
+
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(QualaError, match="not an empty directory"):
+        export_model(tiny_model_dir, tmp_path)
+    assert (tmp_path / "keep.txt").read_text() == "mine"

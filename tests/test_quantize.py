@@ -1,0 +1,196 @@
+"""int8 quantization: the output directory loads and answers like an fp32 one, through every entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DEMO_DIR
+from typer.testing import CliRunner
+
+from quala.cli import app
+from quala.engine import OnnxPredictor, QAEngine, load_predictor
+from quala.errors import QualaError
+from quala.io import read_manifest
+from quala.quantize import ffn_output_nodes, quantize_model
+
+QUESTION = "Who wrote the letter?"
+CONTEXT = "The letter was written by Ada Lovelace in 1843, and it was sent to London the next week."
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "model"
+    quantize_model(tiny_model_dir, out)
+    return out
+
+
+def test_int8_directory_layout(int8_dir):
+    manifest = read_manifest(int8_dir)
+    assert manifest["backend"] == "onnxruntime" and manifest["dtype"] == "int8"
+    assert {"model.onnx", "model_full.onnx", "config.json", "tokenizer.json"} <= {
+        p.name for p in int8_dir.iterdir()
+    }
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8_dir / "model.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    full_ops = {n.op_type for n in onnx.load(str(int8_dir / "model_full.onnx")).graph.node}
+    assert "QAttention" in full_ops
+    assert "Gather" in ops  # embeddings stay fp32 lookups
+
+
+def test_int8_loads_and_answers(int8_dir, tiny_model_dir):
+    predictor = load_predictor(int8_dir, backend="auto", threads=1)
+    assert isinstance(predictor, OnnxPredictor)
+    engine = QAEngine(predictor)
+    for lengths in (None, "300,250,120,40"):
+        answer = engine.answer(QUESTION, CONTEXT, length_config=lengths)
+        assert answer.answer == CONTEXT[answer.start : answer.end] and answer.answer
+        assert 0 < answer.score <= 1
+    # the int8 model stays close to the fp32 one on the same input
+    fp32 = load_predictor(tiny_model_dir, threads=1)
+    from quala.data import Example, collate, prepare_features
+
+    feats = prepare_features([Example("0", QUESTION, CONTEXT)], fp32.tokenizer)
+    batch = collate(feats, [0])
+    a, b = fp32.logits(batch, None), predictor.logits(batch, None)
+    assert np.corrcoef(a.start.ravel(), b.start.ravel())[0, 1] > 0.9
+
+
+def test_cli_answer_and_evaluate_on_int8(int8_dir):
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["answer", "--model", str(int8_dir), "--question", QUESTION, "--context", CONTEXT, "--threads", "1"],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(out) == {"answer", "score", "start", "end"}
+    assert CONTEXT[out["start"] : out["end"]] == out["answer"]
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(int8_dir),
+            "--data",
+            str(DEMO_DIR / "dev.json"),
+            "--max-examples",
+            "6",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout.strip().splitlines()[-1])
+    assert metrics["num_questions"] == 6 and 0 <= metrics["f1"] <= 100
+
+
+def test_search_front_travels_with_the_model(tiny_model_dir, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(tiny_model_dir, src)
+    front = [
+        {"length_config": [200, 150, 100, 50], "f1": 80.0, "macs": 1, "latency_ms": 5.0},
+        {"length_config": None, "f1": 80.5, "macs": 2, "latency_ms": 9.0},
+    ]
+    from transformers import AutoConfig
+
+    from quala.macs import count_macs
+
+    config = AutoConfig.from_pretrained(src)
+    for point in front:
+        point["macs"] = count_macs(config, 384, point["length_config"]).total
+    (src / "search.json").write_text(json.dumps({"front": front}))
+    out = tmp_path / "int8"
+    quantize_model(src, out)
+    engine = QAEngine.from_pretrained(out, threads=1)
+    assert engine.resolve("balanced") == [200, 150, 100, 50]
+    assert engine.resolve("accurate") is None
+    assert engine.answer(QUESTION, CONTEXT, budget="fast").length_config == [200, 150, 100, 50]
+    with pytest.raises(QualaError, match="impossible budget"):
+        engine.resolve("macs=0.01")
+    with pytest.raises(QualaError, match="impossible budget"):
+        engine.resolve("latency=1")
+
+
+def test_static_mode_and_fp32_ffn_output(tiny_model_dir, tmp_path):
+    from conftest import SQUAD_DEV
+
+    data = SQUAD_DEV if SQUAD_DEV.is_file() else DEMO_DIR / "dev.json"
+    out = tmp_path / "static"
+    result = quantize_model(
+        tiny_model_dir,
+        out,
+        mode="static",
+        calibration_file=str(data),
+        calibration_articles="0:1",
+        keep_fp32="ffn-output",
+        num_calibration_features=4,
+    )
+    assert result.excluded_nodes == 4  # one FFN output projection per layer
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert read_manifest(out)["mode"] == "static"
+    answer = QAEngine.from_pretrained(out, threads=1).answer(
+        QUESTION, CONTEXT, length_config="300,250,120,40"
+    )
+    assert answer.answer == CONTEXT[answer.start : answer.end]
+
+
+def test_ffn_output_nodes_found_in_both_graphs(int8_dir, tiny_model_dir, tmp_path):
+    from quala.export import export_model
+
+    exported = export_model(tiny_model_dir, tmp_path / "fp32")
+    assert len(ffn_output_nodes(exported.la_graph, 64)) == 4
+    assert len(ffn_output_nodes(exported.full_graph, 64)) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "fp16"}, "unknown quantization mode"),
+        ({"mode": "static"}, "needs --calibration-file"),
+        ({"calibration_file": "x.json"}, "only applies to --mode static"),
+        ({"keep_fp32": "all"}, "--keep-fp32"),
+        ({"mode": "static", "calibration_file": "/nonexistent.json"}, "not found"),
+    ],
+)
+def test_bad_arguments(tiny_model_dir, tmp_path, kwargs, message):
+    with pytest.raises(QualaError, match=message):
+        quantize_model(tiny_model_dir, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_requantizing_an_int8_model_is_refused(int8_dir, tmp_path):
+    with pytest.raises(QualaError, match="already quantized"):
+        quantize_model(int8_dir, tmp_path / "again")
+
+
+def test_cli_quantize_bad_input_exits_2(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from quala.cli import main; main()",
+            "quantize",
+            "--model",
+            str(tiny_model_dir),
+            "--output",
+            str(tmp_path / "o"),
+            "--mode",
+            "weird",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error: unknown quantization mode") and "Traceback" not in res.stderr
