@@ -325,3 +325,41 @@ def test_serve_cli_rejects_bad_options(tiny_model_dir):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("error:") and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_full_queue_gets_503_and_the_rest_is_answered(engine):
+    """Overload is refused with 503 instead of queueing without bound; queued requests still complete."""
+    import threading
+
+    from quala.serve import Busy, EngineWorker
+
+    class SlowEngine:  # blocks until released, then answers like the real engine
+        def __init__(self):
+            self.started, self.release = threading.Event(), threading.Event()
+
+        def answer_batch(self, items, length_config=None, top_k=1):
+            self.started.set()
+            self.release.wait(timeout=30)
+            return engine.answer_batch(items, length_config=length_config, top_k=top_k)
+
+    slow = SlowEngine()
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        worker = EngineWorker(slow, micro_batch=False, window_ms=0, max_batch=4, max_queue=1)
+        await worker.start()
+        try:
+            first = asyncio.ensure_future(worker.submit([(QUESTION, CONTEXT)], None, 1, mergeable=True))
+            await loop.run_in_executor(None, slow.started.wait, 30)  # the worker is busy with `first`
+            second = asyncio.ensure_future(worker.submit([(QUESTION, CONTEXT)], None, 1, mergeable=True))
+            await asyncio.sleep(0)  # `second` is now queued
+            with pytest.raises(Busy):
+                await worker.submit([(QUESTION, CONTEXT)], None, 1, mergeable=True)
+            slow.release.set()
+            return await first, await second
+        finally:
+            await worker.stop()
+
+    first, second = asyncio.run(run())
+    expected = engine.answer(QUESTION, CONTEXT, length_config="full")
+    assert first[0].answer == second[0].answer == expected.answer

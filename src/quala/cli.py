@@ -168,6 +168,9 @@ def serve(
     batch_window_ms: Annotated[
         float, typer.Option(help="With --micro-batch: how long to wait for more requests to merge (ms).")
     ] = 2.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Most requests waiting for the engine; more get HTTP 503 (bounds memory).")
+    ] = 256,
 ) -> None:
     """Serve the model over HTTP: POST /v1/answer with per-request budgets, demo page at /, docs at /docs."""
     from quala.serve import ServeConfig
@@ -179,7 +182,7 @@ def serve(
         model=model, host=host, port=port, backend=backend, threads=threads,
         max_context_chars=max_context_chars, max_question_chars=max_question_chars, max_batch=max_batch,
         max_body_bytes=int(max_body_mb * 1024 * 1024), micro_batch=micro_batch,
-        batch_window_ms=batch_window_ms,
+        batch_window_ms=batch_window_ms, max_queue=max_queue,
     ))
 
 

@@ -56,9 +56,10 @@ class ServeConfig:
     max_body_bytes: int = 8 * 1024 * 1024  # checked before the body is parsed
     micro_batch: bool = False  # merge queued requests sharing a length configuration (docs/serving.md)
     batch_window_ms: float = 2.0  # with micro_batch: how long the worker waits for more requests to merge
+    max_queue: int = 256  # requests waiting for the engine; more get 503 (bounds memory under overload)
 
     def __post_init__(self) -> None:
-        for name in ("max_context_chars", "max_question_chars", "max_batch", "max_body_bytes"):
+        for name in ("max_context_chars", "max_question_chars", "max_batch", "max_body_bytes", "max_queue"):
             if getattr(self, name) < 1:
                 raise QualaError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.batch_window_ms <= 1000:
@@ -270,8 +271,10 @@ class EngineWorker:
     ``top_k``, become one ``answer_batch`` call of at most ``max_batch`` questions.
     """
 
-    def __init__(self, engine: QAEngine, micro_batch: bool, window_ms: float, max_batch: int):
+    def __init__(self, engine: QAEngine, micro_batch: bool, window_ms: float, max_batch: int,
+                 max_queue: int = 256):
         self.engine = engine
+        self.max_queue = max_queue
         self.micro_batch = micro_batch
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
@@ -296,8 +299,10 @@ class EngineWorker:
     async def submit(
         self, items: list[tuple[str, str]], length_config: list[int] | None, top_k: int, mergeable: bool
     ) -> list[Answer]:
-        if self.queue is None:
-            raise RuntimeError("EngineWorker.start() was not called (use the app's lifespan)")
+        if self.queue is None or self.task is None or self.task.done():
+            raise RuntimeError("the engine worker is not running (use the app's lifespan)")
+        if self.queue.qsize() >= self.max_queue:
+            raise Busy(f"{self.queue.qsize()} requests are already waiting for the engine; retry shortly")
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Job(items, length_config, top_k, mergeable, future))
         return await future
@@ -362,6 +367,10 @@ class EngineWorker:
         return answers
 
 
+class Busy(Exception):
+    """The engine's queue is full (503)."""
+
+
 def _groups(jobs: list[_Job]) -> list[list[_Job]]:
     """Jobs that can share one engine call (same configuration and top_k), in arrival order."""
     groups: dict[Any, list[_Job]] = {}
@@ -394,7 +403,8 @@ def demo_page() -> str:
 def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (use as ``with TestClient(app)`` in tests so the worker starts)."""
     config = config or ServeConfig()
-    worker = EngineWorker(engine, config.micro_batch, config.batch_window_ms, config.max_batch)
+    worker = EngineWorker(engine, config.micro_batch, config.batch_window_ms, config.max_batch,
+                          config.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -404,7 +414,7 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
         finally:
             await worker.stop()
 
-    errors = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+    errors = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
     app = FastAPI(
         title="QuaLA",
         version=_version(),
@@ -454,6 +464,12 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     def resolve(req: _Options) -> list[int] | None:
         budget = req.budget.model_dump(exclude_none=True) if req.budget is not None else None
         return engine.resolve(budget, req.length_config)
+
+    @app.exception_handler(Busy)
+    async def on_busy(request: Request, exc: Busy) -> JSONResponse:
+        response = _error(503, str(exc))
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(_TooLarge)
     async def on_too_large(request: Request, exc: _TooLarge) -> JSONResponse:
