@@ -383,6 +383,48 @@ def benchmark(
     )
     _emit({"output": str(output), "rows": len(result.rows)})
 
+@app.command()
+def serve(
+    model: ModelOpt,
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
+    threads: ThreadsOpt = None,
+    max_context_chars: Annotated[
+        int, typer.Option(help="Longest context accepted, in characters; longer ones get HTTP 413.")
+    ] = 100_000,
+    max_question_chars: Annotated[int, typer.Option(help="Longest question accepted (characters).")] = 1_000,
+    max_batch: Annotated[
+        int, typer.Option(help="Most questions per /v1/answer/batch request and per merged micro-batch.")
+    ] = 32,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest request body in MiB; larger ones get HTTP 413.")
+    ] = 8.0,
+    micro_batch: Annotated[
+        bool, typer.Option(help="Merge concurrent requests with the same length config into one call.")
+    ] = False,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="With --micro-batch: how long to wait for more requests to merge (ms).")
+    ] = 2.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Most requests waiting for the engine; more get HTTP 503 (bounds memory).")
+    ] = 256,
+) -> None:
+    """Serve the model over HTTP: POST /v1/answer with per-request budgets, demo page at /, docs at /docs."""
+    from quala.serve import ServeConfig
+    from quala.serve import serve as run_server
+
+    if max_body_mb <= 0:
+        raise QualaError(f"--max-body-mb must be > 0, got {max_body_mb}")
+    run_server(ServeConfig(
+        model=model, host=host, port=port, backend=backend, threads=threads,
+        max_context_chars=max_context_chars, max_question_chars=max_question_chars, max_batch=max_batch,
+        max_body_bytes=int(max_body_mb * 1024 * 1024), micro_batch=micro_batch,
+        batch_window_ms=batch_window_ms, max_queue=max_queue,
+    ))
+
 
 def main() -> None:
     """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""
