@@ -121,7 +121,7 @@ class IntermediateKDOutput:
 
 
 def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """Teacher layer for each student layer 1..N_s: i·N_t/N_s (2i for 6 vs 12 layers). Index 0 = embeddings."""
+    """Teacher layer for each student layer 1..N_s: i·N_t/N_s (2i for 6 vs 12 layers); 0 = embeddings."""
     if teacher_layers % student_layers:
         raise QualaError(
             f"cannot map {student_layers} student layers onto {teacher_layers} teacher layers evenly; "
@@ -132,7 +132,7 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 
 class IntermediateKD(nn.Module):
-    """MSE between student and teacher hidden states (through a learned projection) and attention probabilities.
+    """MSE between student and teacher hidden states (via a learned projection) and attention probabilities.
 
     Holds trainable parameters (the projection) when the widths differ, so the trainer optimises and
     checkpoints it with the model.
@@ -200,7 +200,8 @@ class LengthDropSampler:
     [ceil((1−bound)·n_{i−1}), n_{i−1}]; the smallest sub-model keeps ceil((1−bound)·n_{i−1}) at every layer.
     :class:`~quala.model.LengthAdaptiveQA`'s default ``"ratio"`` rule scales these counts to each row's real
     length, so the same configuration drops the same fraction of every dynamically padded sequence.
-    LayerDrop skips each layer with probability ``layer_drop_prob``; a skipped layer keeps the previous length.
+    LayerDrop skips each layer with probability ``layer_drop_prob``; a skipped layer keeps the previous
+    length.
     """
 
     def __init__(
@@ -246,7 +247,7 @@ class LengthDropSampler:
         return SubModel(lengths, skips, "random")
 
     def sandwich(self, num_sandwich: int) -> list[SubModel]:
-        """The sub-models of one batch after the full model: the smallest, then ``num_sandwich`` random ones."""
+        """Sub-models of one batch after the full model: the smallest, then ``num_sandwich`` random ones."""
         return [self.smallest()] + [self.random() for _ in range(num_sandwich)]
 
     def state(self) -> dict[str, Any]:

@@ -13,7 +13,8 @@ One loop serves every mode:
 Checkpoints (``checkpoints/step-N/``) hold the model (safetensors), the optimizer state (safetensors + JSON),
 the scheduler, RNG states and the data position, and are written to a temporary directory that is renamed into
 place, so ``--resume`` always finds a complete one. The output directory itself holds the model with the best
-full-length validation F1 (or the last one without validation), loadable by ``quala evaluate``/``quala answer``.
+full-length validation F1 (or the last one without validation), which ``quala evaluate`` and
+``quala answer`` load directly.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """Summary of a run; ``examples_per_second`` counts training features, excluding validation/checkpoints."""
+    """Summary of a run; ``examples_per_second`` counts training features, not validation or checkpoints."""
 
     steps: int
     best_f1: float | None
@@ -216,7 +217,10 @@ class DevicePredictor(TorchPredictor):
 
 def load_train_data(config: TrainConfig) -> list[SquadData]:
     articles = config.train_articles or [None] * len(config.train_files)
-    return [load_squad(f, a if a not in ("", ":") else None) for f, a in zip(config.train_files, articles)]
+    return [
+        load_squad(f, a if a not in ("", ":") else None)
+        for f, a in zip(config.train_files, articles, strict=True)
+    ]
 
 
 def subsample(data: SquadData, n: int | None) -> SquadData:
@@ -457,7 +461,7 @@ class Trainer:
         ).loss
 
     def _micro_batch(self, indices: list[int], sync: bool) -> dict[str, float]:
-        """Forward/backward of every pass of one micro-batch; gradients sync only on the step's last backward."""
+        """Forward/backward of every pass of one micro-batch; gradients sync on the step's last backward."""
         acc, ld = self.accelerator, self.config.length_drop
         batch = self._tensors(indices)
         subs = self.sampler.sandwich(ld.num_sandwich) if ld.enabled else []
@@ -489,7 +493,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def train(self, stop_after: int | None = None) -> TrainResult:
-        """Run to ``total_steps``. ``stop_after`` raises after that many steps (tests simulate a crash with it)."""
+        """Run to ``total_steps``. ``stop_after`` raises after that many steps (tests simulate a crash)."""
         from tqdm.auto import tqdm
 
         acc, cfg = self.accelerator, self.config
@@ -746,7 +750,9 @@ class Trainer:
             length_drop=cfg.length_drop.enabled,
             train_data=[
                 {"file": f, "articles": a}
-                for f, a in zip(cfg.train_files, cfg.train_articles or [None] * len(cfg.train_files))
+                for f, a in zip(
+                    cfg.train_files, cfg.train_articles or [None] * len(cfg.train_files), strict=True
+                )
             ],
             eval_data={"file": cfg.eval_file, "articles": cfg.eval_articles} if cfg.eval_file else None,
             steps=self.step,
