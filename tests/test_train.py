@@ -134,28 +134,30 @@ def _losses(model: LengthAdaptiveQA, features: Features, length_config) -> float
     ).loss.item()
 
 
+def _memory_config(out: Path, **kw) -> TrainConfig:
+    """Config for a Trainer built directly on in-memory features (no files are read)."""
+    values = dict(
+        model="unused",
+        output_dir=str(out),
+        train_files=["unused"],
+        threads=1,
+        progress=False,
+        warmup_ratio=0.0,
+        save_every=1000,
+    )
+    values.update(kw)
+    return from_dict(TrainConfig, values)
+
+
 def test_length_drop_lowers_full_and_smallest_loss(tmp_path, minilm_path):
     from transformers import BertForQuestionAnswering
 
     torch.manual_seed(0)
     model = LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=3)))
     train, held_out = _synthetic(192, seed=0), _synthetic(64, seed=1)
-    config = from_dict(
-        TrainConfig,
-        dict(
-            model="unused",
-            output_dir=str(tmp_path / "ld"),
-            train_files=["unused"],
-            batch_size=16,
-            epochs=3,
-            lr=2e-3,
-            warmup_ratio=0.0,
-            threads=1,
-            progress=False,
-            save_every=1000,
-            log_every=6,
-            length_drop={"enabled": True, "num_sandwich": 2, "layer_drop_prob": 0.2},
-        ),
+    length_drop = {"enabled": True, "num_sandwich": 2, "layer_drop_prob": 0.2}
+    config = _memory_config(
+        tmp_path / "ld", batch_size=16, epochs=3, lr=2e-3, log_every=6, length_drop=length_drop
     )
     trainer = Trainer(config, model, load_tokenizer(minilm_path), train)
     smallest = trainer.sampler.smallest().length_config
@@ -173,18 +175,7 @@ def test_trainer_inplace_distillation_uses_end_logits(tmp_path, minilm_path):
     torch.manual_seed(0)
     model = LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=2)))
     features = _synthetic(8, seed=2)
-    config = from_dict(
-        TrainConfig,
-        dict(
-            model="unused",
-            output_dir=str(tmp_path / "x"),
-            train_files=["unused"],
-            batch_size=8,
-            threads=1,
-            progress=False,
-            length_drop={"enabled": True},
-        ),
-    )
+    config = _memory_config(tmp_path / "x", batch_size=8, length_drop={"enabled": True})
     trainer = Trainer(config, model, load_tokenizer(minilm_path), features)
     batch = trainer._tensors(list(range(8)))
     with torch.no_grad():
