@@ -425,6 +425,147 @@ def serve(
         batch_window_ms=batch_window_ms, max_queue=max_queue,
     ))
 
+@app.command()
+def train(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Student to train: model directory, hub name, or 'packaged:minilm'."),
+    ] = None,
+    train_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--train-file", help="SQuAD v1.1 JSON training file; repeat to concatenate several files."
+        ),
+    ] = None,
+    train_articles: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--train-articles", help="Article range A:B for each --train-file, in the same order (':' = all)."
+        ),
+    ] = None,
+    eval_file: Annotated[
+        str | None, typer.Option(help="Validation file (best model = best full-length F1).")
+    ] = None,
+    eval_articles: Annotated[
+        str | None, typer.Option(help="Article range A:B of --eval-file, e.g. 32:40.")
+    ] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="Where the model, checkpoints and metrics go.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file of defaults; flags override it.")
+    ] = None,
+    teacher: Annotated[str | None, typer.Option(help="Teacher QA model for knowledge distillation.")] = None,
+    kd_alpha: Annotated[
+        float | None, typer.Option(help="Weight of the KD loss (1 - alpha on gold spans).")
+    ] = None,
+    kd_temperature: Annotated[float | None, typer.Option(help="Distillation temperature T.")] = None,
+    kd_intermediate: Annotated[
+        bool | None,
+        typer.Option(
+            "--kd-intermediate/--no-kd-intermediate",
+            help="Add hidden-state and attention MSE to the teacher.",
+        ),
+    ] = None,
+    length_drop: Annotated[
+        bool | None,
+        typer.Option(
+            "--length-drop/--no-length-drop",
+            help="Train with LengthDrop: sandwich rule + in-place distillation.",
+        ),
+    ] = None,
+    num_sandwich: Annotated[
+        int | None, typer.Option(help="Random sub-models per batch (LengthDrop).")
+    ] = None,
+    length_drop_bound: Annotated[
+        float | None,
+        typer.Option(help="Length-drop ratio bound: each layer keeps >= ceil((1-bound) * previous length)."),
+    ] = None,
+    layer_drop_prob: Annotated[float | None, typer.Option(help="LayerDrop probability (LengthDrop).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (fractions allowed).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Features per device per micro-batch.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (linear warm-up, then linear decay).")
+    ] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps spent warming up.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (data order, dropout, sub-models).")] = None,
+    mixed_precision: Annotated[str | None, typer.Option(help="no | bf16 | fp16 (GPU).")] = None,
+    max_seq_length: Annotated[int | None, typer.Option(help="Tokens per window.")] = None,
+    doc_stride: Annotated[int | None, typer.Option(help="Overlap between windows of long contexts.")] = None,
+    pad_to_max_length: Annotated[
+        bool | None,
+        typer.Option(
+            "--pad-to-max-length/--dynamic-padding",
+            help="Pad every batch to max_seq_length (default: dynamic).",
+        ),
+    ] = None,
+    max_train_examples: Annotated[
+        int | None, typer.Option(help="Use the first N training questions.")
+    ] = None,
+    max_eval_examples: Annotated[
+        int | None, typer.Option(help="Validate on N evenly spaced questions during training.")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Steps between validations (default: each epoch).")
+    ] = None,
+    save_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+    log_every: Annotated[int | None, typer.Option(help="Steps between metrics.jsonl lines.")] = None,
+    threads: ThreadsOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output-dir.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune, distil or LengthDrop-train a span-QA model (one command for every mode)."""
+    from quala.config import resolve
+    from quala.train import TrainConfig
+    from quala.train import train as run_train
+
+    overrides = {
+        "model": model,
+        "output_dir": output_dir,
+        "train_files": train_file or None,
+        "train_articles": train_articles or None,
+        "eval_file": eval_file,
+        "eval_articles": eval_articles,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "warmup_ratio": warmup_ratio,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "mixed_precision": mixed_precision,
+        "pad_to_max_length": pad_to_max_length,
+        "max_train_examples": max_train_examples,
+        "max_eval_examples": max_eval_examples,
+        "eval_every": eval_every,
+        "save_every": save_every,
+        "log_every": log_every,
+        "threads": threads,
+        "resume": resume or None,
+        "progress": progress,
+        "data": {"max_seq_length": max_seq_length, "doc_stride": doc_stride},
+        "kd": {
+            "teacher": teacher,
+            "alpha": kd_alpha,
+            "temperature": kd_temperature,
+            "intermediate": kd_intermediate,
+        },
+        "length_drop": {
+            "enabled": length_drop,
+            "num_sandwich": num_sandwich,
+            "bound": length_drop_bound,
+            "layer_drop_prob": layer_drop_prob,
+        },
+    }
+    result = run_train(resolve(TrainConfig, config, overrides))
+    _emit(result.__dict__)
+
 
 def main() -> None:
     """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""

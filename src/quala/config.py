@@ -162,8 +162,8 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        if isinstance(value, dict) and isinstance(out.get(key, {}), dict):
+            out[key] = merge(out.get(key, {}), value)
         else:
             out[key] = value
     return out
