@@ -247,8 +247,6 @@ def search(
         "evaluation": {"batch_size": batch_size, "threads": threads},
         "latency": {"repeats": latency_repeats, "warmup": latency_warmup, "batch_size": latency_batch_size},
     }
-    overrides = {k: ({n: v for n, v in o.items() if v is not None} if isinstance(o, dict) else o)
-                 for k, o in overrides.items()}  # unset nested flags must not erase YAML values
     settings = resolve(SearchConfig, _settings_file(config), overrides)
     result, document = run_search(model, data, articles, output, settings, backend, attach, progress)
     out = {
@@ -565,6 +563,36 @@ def train(
     }
     result = run_train(resolve(TrainConfig, config, overrides))
     _emit(result.__dict__)
+
+
+@app.command()
+def pipeline(
+    config: Annotated[
+        str | None, typer.Option("--config", help="Pipeline YAML file (see configs/pipeline-*.yaml).")
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Packaged preset: demo (offline, < 10 min), squad-mini (2-core CPU), squad (GPU)."),
+    ] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where every stage writes its sub-directory.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Override the starting model (dir, hub name, packaged:minilm).")
+    ] = None,
+    stages: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of: finetune,lengthdrop,search,quantize,evaluate,"
+                                      "benchmark,report.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run train -> LengthDrop -> search -> quantize -> evaluate -> benchmark -> report; re-run to resume."""
+    from quala.pipeline import Pipeline, load_pipeline_config
+
+    overrides = {"output_dir": output_dir, "model": model,
+                 "stages": [s.strip() for s in stages.split(",") if s.strip()] if stages else None}
+    settings = load_pipeline_config(config, preset, overrides)
+    state = Pipeline(settings).run(progress=progress)
+    _emit({"output_dir": settings.output_dir, "report": str(Path(settings.output_dir) / "report" / "REPORT.md"),
+           "stages": state["completed"]})
 
 
 def main() -> None:

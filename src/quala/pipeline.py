@@ -1,0 +1,246 @@
+"""The main job: train -> LengthDrop -> search -> quantize -> evaluate -> benchmark -> report.
+
+Each stage writes its own sub-directory of the output directory and is recorded in ``pipeline.json`` when it
+completes, so re-running the same command skips finished stages and resumes an interrupted one (training and
+search resume from their own checkpoints). The resolved configuration is saved as ``quala_config.yaml``.
+
+This is the QuaLA-MiniLM recipe (arXiv 2210.17114, §3): fine-tune, train length-adaptively with LengthDrop
+(LAT §3), search per-layer token counts on a validation split (LAT §4), quantize to int8, and report accuracy
+against latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from quala.config import from_dict, load_yaml, merge, save_resolved
+from quala.errors import QualaError
+from quala.io import read_json, write_json_atomic, write_manifest
+from quala.search import SearchConfig
+from quala.train import TrainConfig
+
+STAGES = ("finetune", "lengthdrop", "search", "quantize", "evaluate", "benchmark", "report")
+STATE_FILE = "pipeline.json"
+PACKAGE_PREFIX = "quala:"  # paths inside the installed package, e.g. quala:assets/demo/train.json
+
+
+@dataclass
+class QuantizeStage:
+    mode: str = "dynamic"  # dynamic | static
+    keep_fp32: str = "none"  # none | ffn-output
+    calibration_features: int = 100
+
+
+@dataclass
+class EvaluateStage:
+    max_examples: int | None = None  # validation questions for the fp32/int8 F1 table (None: all)
+    batch_size: int = 32
+
+
+@dataclass
+class BenchmarkStage:
+    max_examples: int | None = 100
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    protocols: list[str] = field(default_factory=lambda: ["serving", "paper"])
+    threads: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the pipeline runs; the stage sections are the stages' own config dataclasses."""
+
+    output_dir: str = ""
+    model: str = "packaged:minilm"
+    note: str = ""  # printed at the top of the report (e.g. "demo data: numbers say nothing about accuracy")
+    train_files: list[str] = field(default_factory=list)
+    train_articles: list[str] = field(default_factory=list)
+    validation_file: str = ""
+    validation_articles: str | None = None
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    lengthdrop: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    quantize: QuantizeStage = field(default_factory=QuantizeStage)
+    evaluate: EvaluateStage = field(default_factory=EvaluateStage)
+    benchmark: BenchmarkStage = field(default_factory=BenchmarkStage)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise QualaError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+
+
+def preset_path(name: str) -> Path:
+    """The packaged preset ``configs/pipeline-NAME.yaml``."""
+    path = Path(str(resources.files("quala") / "configs" / f"pipeline-{name}.yaml"))
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("pipeline-") for p in path.parent.glob("pipeline-*.yaml"))
+        raise QualaError(f"unknown preset {name!r}; presets: {known}")
+    return path
+
+
+def resolve_path(path: str) -> str:
+    """Expand ``quala:...`` to a file inside the installed package."""
+    if path.startswith(PACKAGE_PREFIX):
+        return str(resources.files("quala") / path[len(PACKAGE_PREFIX):])
+    return path
+
+
+def load_pipeline_config(config: str | None, preset: str | None, overrides: dict[str, Any]) -> PipelineConfig:
+    if (config is None) == (preset is None):
+        raise QualaError("give exactly one of --config FILE.yaml or --preset NAME")
+    values = load_yaml(config if config else preset_path(preset))
+    return from_dict(PipelineConfig, merge(values, overrides), where="pipeline")
+
+
+# --------------------------------------------------------------------------------------------- running
+class Pipeline:
+    """Runs the stages in order, skipping the ones recorded as complete."""
+
+    def __init__(self, config: PipelineConfig):
+        if not config.output_dir:
+            raise QualaError("--output-dir is required")
+        self.config = config
+        self.root = Path(config.output_dir)
+        self.train_files = [resolve_path(p) for p in config.train_files]
+        self.validation_file = resolve_path(config.validation_file)
+        if not self.train_files or not self.validation_file:
+            raise QualaError("the pipeline config needs train_files and a validation_file")
+        for path in [*self.train_files, self.validation_file]:
+            if path.endswith(".json") and not Path(path).is_file():  # other names: hub datasets
+                raise QualaError(f"data file not found: {path}")
+        self.state_path = self.root / STATE_FILE
+        self.state = read_json(self.state_path) if self.state_path.is_file() else {"completed": {}}
+
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    @property
+    def trained_model(self) -> Path:
+        """The model the later stages use: the LengthDrop model, else the fine-tuned one."""
+        if "lengthdrop" in self.config.stages:
+            return self.dir("lengthdrop")
+        if "finetune" in self.config.stages:
+            return self.dir("finetune")
+        return Path(resolve_path(self.config.model))
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_resolved(self.root, self.config)
+        for stage in self.config.stages:
+            if stage in self.state["completed"]:
+                print(f"[pipeline] {stage}: complete, skipped", flush=True)
+                continue
+            print(f"[pipeline] {stage}: running", flush=True)
+            t0 = time.perf_counter()
+            summary = getattr(self, f"_{stage}")(progress)
+            self.state["completed"][stage] = {"seconds": round(time.perf_counter() - t0, 1), **(summary or {})}
+            write_json_atomic(self.state_path, self.state)
+            print(f"[pipeline] {stage}: done in {self.state['completed'][stage]['seconds']} s", flush=True)
+        write_manifest(self.root, "pipeline", stages=self.config.stages)
+        return self.state
+
+    # ---------------------------------------------------------------------------------------- stages
+    def _train(self, section: TrainConfig, model: str, out: Path, progress: bool, length_drop: bool) -> dict:
+        from quala.train import train
+
+        settings = dataclasses.replace(
+            section,
+            model=model,
+            output_dir=str(out),
+            train_files=self.train_files,
+            train_articles=self.config.train_articles or [":"] * len(self.train_files),
+            eval_file=self.validation_file,
+            eval_articles=self.config.validation_articles,
+            resume=out.exists(),  # an interrupted stage continues from its latest checkpoint
+            progress=progress,
+            length_drop=dataclasses.replace(section.length_drop, enabled=length_drop),
+        )
+        result = train(settings)
+        return {"best_f1": result.best_f1, "steps": result.steps, "examples_per_second": result.examples_per_second}
+
+    def _finetune(self, progress: bool) -> dict:
+        return self._train(self.config.finetune, resolve_path(self.config.model), self.dir("finetune"), progress,
+                           length_drop=False)
+
+    def _lengthdrop(self, progress: bool) -> dict:
+        start = self.dir("finetune") if "finetune" in self.config.stages else Path(resolve_path(self.config.model))
+        return self._train(self.config.lengthdrop, str(start), self.dir("lengthdrop"), progress, length_drop=True)
+
+    def _search(self, progress: bool) -> dict:
+        from quala.search import search
+
+        result, document = search(
+            str(self.trained_model), self.validation_file, self.config.validation_articles, self.dir("search"),
+            self.config.search, backend="torch", attach=True, progress=progress,
+        )
+        if not result.completed:
+            raise QualaError("the search stopped before completing (max_evaluations); re-run to continue")
+        return {"num_evaluations": result.num_evaluations, "front_size": len(document["front"])}
+
+    def _quantize(self, progress: bool) -> dict:
+        from quala.quantize import quantize_model
+
+        q = self.config.quantize
+        out = self.dir("quantize")
+        if out.exists():  # an interrupted quantization: start it again
+            shutil.rmtree(out)
+        calibration = (self.validation_file, self.config.validation_articles) if q.mode == "static" else (None, None)
+        result = quantize_model(str(self.trained_model), out, q.mode, calibration[0], calibration[1], q.keep_fp32,
+                                q.calibration_features)
+        return {"size_mb": result.size_mb, "mode": result.mode}
+
+    def _evaluate(self, progress: bool) -> dict:
+        """Validation F1 of the fp32 model and of the int8 model, at full length and at every front point."""
+        from quala.budget import load_front
+        from quala.config import EvalConfig
+        from quala.data import load_squad
+        from quala.engine import load_predictor
+        from quala.evaluate import evaluate
+        from quala.macs import count_macs
+
+        e = self.config.evaluate
+        data = load_squad(self.validation_file, self.config.validation_articles, e.max_examples)
+        fp32 = load_predictor(self.trained_model, backend="torch")
+        int8 = load_predictor(self.dir("quantize"), backend="auto") if "quantize" in self.config.stages else None
+        full_macs = count_macs(fp32.model_config, fp32.la_config.reference_length).total
+        configs = [p.length_config for p in load_front(self.trained_model, full_macs)]
+        if None not in configs:
+            configs.append(None)
+        rows = []
+        for name, predictor in (("fp32", fp32), ("int8", int8)):
+            if predictor is None:
+                continue
+            for lengths in configs:
+                result, _ = evaluate(predictor, data, lengths, EvalConfig(batch_size=e.batch_size), progress=progress)
+                rows.append({"model": name, "backend": predictor.backend, **result.to_dict()})
+                print(f"[evaluate] {name} {lengths or 'full'}: F1 {result.f1:.2f} EM {result.exact_match:.2f}",
+                      flush=True)
+        out = self.dir("evaluate")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "evaluation.json", {"data": data.describe(), "rows": rows})
+        write_manifest(out, "evaluate", model=str(self.trained_model), data=data.describe())
+        return {"rows": len(rows)}
+
+    def _benchmark(self, progress: bool) -> dict:
+        from quala.benchmark import benchmark
+
+        b = self.config.benchmark
+        int8 = str(self.dir("quantize")) if "quantize" in self.config.stages else None
+        result = benchmark(
+            str(self.trained_model), self.validation_file, self.dir("benchmark"), self.config.validation_articles,
+            b.max_examples, b.batch_sizes, b.protocols, None, None, None, int8, b.threads, "MiniLM", progress,
+        )
+        return {"rows": len(result.rows)}
+
+    def _report(self, progress: bool) -> dict:
+        from quala.report import write_report
+
+        path = write_report(self.root, self.config, self.state)
+        return {"report": str(path)}

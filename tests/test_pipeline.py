@@ -1,0 +1,64 @@
+"""The main job: a small slice of the demo preset end to end (packaged MiniLM, shipped demo data), and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import run_cli
+
+from quala.pipeline import STAGES, preset_path
+
+pytestmark = pytest.mark.integration
+
+
+def slice_of_demo(tmp_path):
+    """The demo preset with every stage shrunk to a few steps (same code paths, CI-sized)."""
+    config = yaml.safe_load(preset_path("demo").read_text())
+    config["finetune"].update(max_steps=3, epochs=1)
+    config["lengthdrop"].update(max_steps=2, epochs=1)
+    config["search"].update(population=3, iterations=1, mutations=2, crossovers=2, max_examples=16)
+    config["evaluate"] = {"max_examples": 16}
+    config["benchmark"].update(max_examples=4)
+    path = tmp_path / "demo-slice.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_demo_pipeline_slice_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["pipeline", "--config", slice_of_demo(tmp_path), "--output-dir", out,
+                                 "--no-progress"], capsys)
+    assert code == 0, err
+    state = json.loads((out / "pipeline.json").read_text())
+    assert list(state["completed"]) == list(STAGES)
+    for stage in ("finetune", "lengthdrop", "search", "quantize", "evaluate", "benchmark", "report"):
+        assert (out / stage).is_dir()
+    assert (out / "quala_config.yaml").is_file()
+    # the search front travelled with the model and the quantized model
+    search = json.loads((out / "lengthdrop" / "search.json").read_text())
+    assert any(p["length_config"] is None or len(p["length_config"]) == 6 for p in search["front"])
+    report = (out / "report" / "REPORT.md").read_text()
+    assert "tokens per layer" in report and "say nothing about accuracy" in report
+    rows = json.loads((out / "report" / "report.json").read_text())["rows"]
+    assert {r["model"] for r in rows} >= {"fp32", "int8"}
+    assert (out / "report" / "pareto.png").is_file()
+    # a second run skips every completed stage
+    code, stdout, err = run_cli(["pipeline", "--config", slice_of_demo(tmp_path), "--output-dir", out,
+                                 "--no-progress"], capsys)
+    assert code == 0, err
+    assert stdout.count("complete, skipped") == len(STAGES)
+
+
+def test_pipeline_bad_input(tmp_path, capsys):
+    code, _, err = run_cli(["pipeline", "--preset", "nope", "--output-dir", tmp_path], capsys)
+    assert code == 2 and "unknown preset" in err
+    code, _, err = run_cli(["pipeline", "--output-dir", tmp_path], capsys)
+    assert code == 2 and "exactly one of" in err
+    code, _, err = run_cli(["pipeline", "--preset", "demo", "--output-dir", tmp_path, "--stages", "train"], capsys)
+    assert code == 2 and "unknown stage" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune: {lr: -1}\n")
+    code, _, err = run_cli(["pipeline", "--config", bad, "--output-dir", tmp_path], capsys)
+    assert code == 2 and "lr must be > 0" in err
