@@ -363,3 +363,21 @@ def test_full_queue_gets_503_and_the_rest_is_answered(engine):
     first, second = asyncio.run(run())
     expected = engine.answer(QUESTION, CONTEXT, length_config="full")
     assert first[0].answer == second[0].answer == expected.answer
+
+
+def test_serve_cli_defaults_match_serve_config():
+    """The CLI's defaults are ServeConfig's (the single source of truth for the server's settings)."""
+    import dataclasses
+    import inspect
+
+    from quala import cli
+    from quala.serve import ServeConfig
+
+    params = inspect.signature(cli.serve).parameters
+    for f in dataclasses.fields(ServeConfig):
+        if f.name == "model":
+            continue
+        if f.name == "max_body_bytes":
+            assert params["max_body_mb"].default * 2**20 == f.default
+        else:
+            assert params[f.name].default == f.default, f.name

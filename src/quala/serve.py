@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,28 @@ from quala.errors import QualaError
 log = logging.getLogger("quala.serve")
 
 MAX_TOP_K = 20  # DataConfig.n_best_size: postprocess keeps at most this many spans per question
+TRIM_EVERY = 32  # engine calls between two release_free_memory() calls
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Every request has its own sequence length, so activations come in ever-different sizes; glibc keeps the
+    freed blocks and the server's RSS creeps up although nothing leaks (measured: +80 MB of retained free
+    memory after 500 MiniLM questions, recovered by one trim; see docs/serving.md). Trimming every
+    ``TRIM_EVERY`` calls keeps the RSS flat at a cost of a few ms.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 @dataclass
@@ -364,6 +387,8 @@ class EngineWorker:
         )
         self.calls += 1
         self.questions += len(items)
+        if self.calls % TRIM_EVERY == 0:
+            release_free_memory()
         return answers
 
 
