@@ -315,9 +315,12 @@ def test_streamed_body_over_the_limit_gets_413(client):
 
 
 def test_serve_cli_rejects_bad_options(tiny_model_dir):
-    for args, words in ((["--max-batch", "0"], "max-batch"), (["--port", "70000"], "port"),
-                        (["--max-body-mb", "-1"], "max-body-mb")):
-        cmd = [sys.executable, "-m", "quala.cli", "serve", "--model", str(tiny_model_dir), *args]
+    model = ["--model", str(tiny_model_dir)]
+    for args, words in ((model + ["--max-batch", "0"], "max-batch"), (model + ["--port", "70000"], "port"),
+                        (model + ["--max-body-mb", "-1"], "max-body-mb"),
+                        (model + ["--backend", "nope"], "unknown backend"),
+                        (["--model", str(tiny_model_dir / "missing")], "missing")):
+        cmd = [sys.executable, "-m", "quala.cli", "serve", *args]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("error:") and words in r.stderr and "Traceback" not in r.stderr

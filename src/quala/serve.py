@@ -10,8 +10,8 @@
 Every engine call runs on one worker thread, so concurrent requests are safe. With micro-batching on, the
 worker merges the requests waiting in its queue that resolved to the same length configuration into one
 ``answer_batch`` call. Bad input never reaches the engine as a crash: body size is checked before parsing
-(413), malformed bodies get 400, invalid fields and impossible budgets 422, each with a JSON body
-``{"error": "...", "detail": ...}`` that says what to fix.
+(413), malformed bodies get 400, invalid fields and impossible budgets 422, a full queue 503, each with a
+JSON body ``{"error": "...", "detail": ...}`` that says what to fix.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def release_free_memory() -> None:
     Every request has its own sequence length, so activations come in ever-different sizes; glibc keeps the
     freed blocks and the server's RSS creeps up although nothing leaks (measured: +80 MB of retained free
     memory after 500 MiniLM questions, recovered by one trim; see docs/serving.md). Trimming every
-    ``TRIM_EVERY`` calls keeps the RSS flat at a cost of a few ms.
+    ``TRIM_EVERY`` calls keeps the RSS flat, at a small cost.
     """
     global _MALLOC_TRIM
     if _MALLOC_TRIM is None:
@@ -73,7 +73,7 @@ class ServeConfig:
     port: int = 8000
     backend: str = "auto"
     threads: int | None = None
-    max_context_chars: int = 100_000  # longer contexts get 413 (~75 doc-stride windows at 384 tokens)
+    max_context_chars: int = 100_000  # longer contexts get 413 (~100 doc-stride windows)
     max_question_chars: int = 1_000
     max_batch: int = 32  # questions per /v1/answer/batch request, and per merged micro-batch
     max_body_bytes: int = 8 * 1024 * 1024  # checked before the body is parsed
