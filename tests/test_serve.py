@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -314,17 +313,23 @@ def test_streamed_body_over_the_limit_gets_413(client):
     assert r.status_code == 413 and "too large" in r.json()["error"]
 
 
-def test_bad_input_suite_is_large_enough():
-    assert len(BAD_INPUT) + 1 >= 25
+CLI_ERRORS = [(["--max-batch", "0"], "max-batch"), (["--port", "70000"], "port"),
+              (["--max-body-mb", "-1"], "max-body-mb"), (["--backend", "nope"], "unknown backend"),
+              (["--model", "MISSING"], "MISSING")]
 
 
-def test_serve_cli_rejects_bad_options(tiny_model_dir):
-    for args, words in ((["--max-batch", "0"], "max-batch"), (["--port", "70000"], "port"),
-                        (["--max-body-mb", "-1"], "max-body-mb")):
-        cmd = [sys.executable, "-m", "quala.cli", "serve", "--model", str(tiny_model_dir), *args]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2, r.stderr
-        assert r.stderr.startswith("error:") and words in r.stderr and "Traceback" not in r.stderr
+@pytest.mark.parametrize("args,words", CLI_ERRORS, ids=[w for _, w in CLI_ERRORS])
+def test_serve_cli_rejects_bad_options(tiny_model_dir, monkeypatch, capsys, args, words):
+    from quala import cli
+
+    args = [str(tiny_model_dir / a) if a == "MISSING" else a for a in args]
+    model = [] if "--model" in args else ["--model", str(tiny_model_dir)]
+    monkeypatch.setattr(sys, "argv", ["quala", "serve", *model, *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.startswith("error:") and err.count("\n") == 1 and words in err
 
 
 def test_full_queue_gets_503_and_the_rest_is_answered(engine):
@@ -363,3 +368,21 @@ def test_full_queue_gets_503_and_the_rest_is_answered(engine):
     first, second = asyncio.run(run())
     expected = engine.answer(QUESTION, CONTEXT, length_config="full")
     assert first[0].answer == second[0].answer == expected.answer
+
+
+def test_serve_cli_defaults_match_serve_config():
+    """The CLI's defaults are ServeConfig's (the single source of truth for the server's settings)."""
+    import dataclasses
+    import inspect
+
+    from quala import cli
+    from quala.serve import ServeConfig
+
+    params = inspect.signature(cli.serve).parameters
+    for f in dataclasses.fields(ServeConfig):
+        if f.name == "model":
+            continue
+        if f.name == "max_body_bytes":
+            assert params["max_body_mb"].default * 2**20 == f.default
+        else:
+            assert params[f.name].default == f.default, f.name

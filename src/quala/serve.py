@@ -10,14 +10,15 @@
 Every engine call runs on one worker thread, so concurrent requests are safe. With micro-batching on, the
 worker merges the requests waiting in its queue that resolved to the same length configuration into one
 ``answer_batch`` call. Bad input never reaches the engine as a crash: body size is checked before parsing
-(413), malformed bodies get 400, invalid fields and impossible budgets 422, each with a JSON body
-``{"error": "...", "detail": ...}`` that says what to fix.
+(413), malformed bodies get 400, invalid fields and impossible budgets 422, a full queue 503, each with a
+JSON body ``{"error": "...", "detail": ...}`` that says what to fix.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,28 @@ from quala.errors import QualaError
 log = logging.getLogger("quala.serve")
 
 MAX_TOP_K = 20  # DataConfig.n_best_size: postprocess keeps at most this many spans per question
+TRIM_EVERY = 32  # engine calls between two release_free_memory() calls
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Every request has its own sequence length, so activations come in ever-different sizes; glibc keeps the
+    freed blocks and the server's RSS creeps up although nothing leaks (measured: +80 MB of retained free
+    memory after 500 MiniLM questions, recovered by one trim; see docs/serving.md). Trimming every
+    ``TRIM_EVERY`` calls keeps the RSS flat, at a small cost.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 @dataclass
@@ -50,7 +73,7 @@ class ServeConfig:
     port: int = 8000
     backend: str = "auto"
     threads: int | None = None
-    max_context_chars: int = 100_000  # longer contexts get 413 (~75 doc-stride windows at 384 tokens)
+    max_context_chars: int = 100_000  # longer contexts get 413 (~100 doc-stride windows)
     max_question_chars: int = 1_000
     max_batch: int = 32  # questions per /v1/answer/batch request, and per merged micro-batch
     max_body_bytes: int = 8 * 1024 * 1024  # checked before the body is parsed
@@ -364,6 +387,8 @@ class EngineWorker:
         )
         self.calls += 1
         self.questions += len(items)
+        if self.calls % TRIM_EVERY == 0:
+            release_free_memory()
         return answers
 
 
