@@ -582,6 +582,9 @@ def pipeline(
         str | None, typer.Option(help="Comma-separated subset of: finetune,lengthdrop,search,quantize,evaluate,"
                                       "benchmark,report.")
     ] = None,
+    rerun: Annotated[
+        str | None, typer.Option(help="Comma-separated completed stages to run again (e.g. benchmark,report).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run train -> LengthDrop -> search -> quantize -> evaluate -> benchmark -> report; re-run to resume."""
@@ -590,7 +593,8 @@ def pipeline(
     overrides = {"output_dir": output_dir, "model": model,
                  "stages": [s.strip() for s in stages.split(",") if s.strip()] if stages else None}
     settings = load_pipeline_config(config, preset, overrides)
-    state = Pipeline(settings).run(progress=progress)
+    again = tuple(s.strip() for s in rerun.split(",") if s.strip()) if rerun else ()
+    state = Pipeline(settings).run(progress=progress, rerun=again)
     _emit({"output_dir": settings.output_dir, "report": str(Path(settings.output_dir) / "report" / "REPORT.md"),
            "stages": state["completed"]})
 

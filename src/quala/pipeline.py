@@ -124,13 +124,18 @@ class Pipeline:
     @property
     def trained_model(self) -> Path:
         """The model the later stages use: the LengthDrop model, else the fine-tuned one."""
-        if "lengthdrop" in self.config.stages:
-            return self.dir("lengthdrop")
-        if "finetune" in self.config.stages:
-            return self.dir("finetune")
+        for stage in ("lengthdrop", "finetune"):
+            if stage in self.config.stages or stage in self.state["completed"]:
+                return self.dir(stage)
         return Path(resolve_path(self.config.model))
 
-    def run(self, progress: bool = True) -> dict[str, Any]:
+    def run(self, progress: bool = True, rerun: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Run the configured stages; ``rerun`` names completed stages to run again."""
+        unknown = [s for s in rerun if s not in STAGES]
+        if unknown:
+            raise QualaError(f"unknown stage(s) {unknown} in --rerun; stages are {list(STAGES)}")
+        for stage in rerun:
+            self.state["completed"].pop(stage, None)
         self.root.mkdir(parents=True, exist_ok=True)
         save_resolved(self.root, self.config)
         for stage in self.config.stages:
@@ -210,9 +215,11 @@ class Pipeline:
         fp32 = load_predictor(self.trained_model, backend="torch")
         int8 = load_predictor(self.dir("quantize"), backend="auto") if "quantize" in self.config.stages else None
         full_macs = count_macs(fp32.model_config, fp32.la_config.reference_length).total
-        configs = [p.length_config for p in load_front(self.trained_model, full_macs)]
-        if None not in configs:
-            configs.append(None)
+        ref, layers = fp32.la_config.reference_length, fp32.model_config.num_hidden_layers
+        configs: list[list[int] | None] = [None]  # full length; a front point of [ref] * N is the same model
+        for point in load_front(self.trained_model, full_macs):
+            if point.length_config is not None and point.length_config != [ref] * layers:
+                configs.append(point.length_config)
         rows = []
         for name, predictor in (("fp32", fp32), ("int8", int8)):
             if predictor is None:

@@ -53,6 +53,7 @@ def build_rows(evaluation: dict[str, Any], bench: dict[str, Any] | None) -> list
     for row in (bench or {}).get("rows", []):  # the BERT-base reference line
         if row["name"].startswith("BERT-base") and row["protocol"] == "serving" and row["batch_size"] == 1:
             rows.insert(0, {"model": "BERT-base (random weights)", "backend": row["backend"], "length_config": None,
+                            "layers": 12,
                             "f1": None, "exact_match": None, "macs": row["macs"], "size_mb": row["size_mb"],
                             "latency_ms": row["latency_ms_median"], "speedup_vs_bert_base": 1.0,
                             "speedup_vs_minilm_fp32": row.get("speedup_vs_minilm_fp32")})
@@ -92,7 +93,8 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['backend']} | {_fmt(r['size_mb'], 1)} | {_tokens(r['length_config'], ref, layers)} "
+            f"| {r['model']} | {r['backend']} | {_fmt(r['size_mb'], 1)} "
+            f"| {_tokens(r['length_config'], ref, r.get('layers', layers))} "
             f"| {_fmt(r['f1'])} | {_fmt(r['exact_match'])} | {_fmt(r['latency_ms'], 1)} | {_fmt(r['macs'] / 1e9, 3)} "
             f"| {_fmt(r['speedup_vs_bert_base'], 2)} | {_fmt(r['speedup_vs_minilm_fp32'], 2)} |"
         )
