@@ -562,7 +562,8 @@ def train(
         },
     }
     result = run_train(resolve(TrainConfig, config, overrides))
-    _emit(result.__dict__)
+    if result is not None:  # the main process reports
+        _emit(result.__dict__)
 
 
 @app.command()

@@ -323,7 +323,11 @@ class Trainer:
         handlers = [
             DistributedDataParallelKwargs(find_unused_parameters=ld.enabled and ld.layer_drop_prob > 0)
         ]
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=handlers)
+        # several processes without CUDA (torchrun / accelerate launch on CPUs): gloo data parallelism
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, cpu=multi_cpu, kwargs_handlers=handlers
+        )
         torch.manual_seed(config.seed)
         self.tokenizer = tokenizer
         self.features = train_features
@@ -369,12 +373,13 @@ class Trainer:
         self.steps_per_epoch = max(1, self.micro_per_epoch // config.grad_accum)
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         scheduler = linear_schedule(optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps)
+        # the scheduler stays unwrapped: total_steps already counts global optimizer steps, whereas
+        # accelerate's wrapper would step it once per process
+        self.scheduler = scheduler
         if self.intermediate is not None:
-            model, self.intermediate, self.optimizer, self.scheduler = acc.prepare(
-                model, self.intermediate, optimizer, scheduler
-            )
+            model, self.intermediate, self.optimizer = acc.prepare(model, self.intermediate, optimizer)
         else:
-            model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+            model, self.optimizer = acc.prepare(model, optimizer)
         self.model = model
         self.teacher = teacher.to(acc.device).eval() if teacher is not None else None
         self.step = 0
@@ -717,7 +722,7 @@ class Trainer:
                 f"the same number (got {self.accelerator.num_processes})"
             )
         model = self.accelerator.unwrap_model(self.model)
-        load_model(model.hf, str(ckpt / "model.safetensors"), device=str(self.accelerator.device))
+        load_model(model.hf, str(ckpt / "model.safetensors"), device="cpu")
         load_optimizer(self.optimizer, ckpt)
         self.scheduler.load_state_dict(json.loads((ckpt / "scheduler.json").read_text(encoding="utf-8")))
         if self.intermediate is not None:
@@ -797,10 +802,11 @@ def build_trainer(config: TrainConfig) -> Trainer:
     return Trainer(config, model, tokenizer, features, eval_data, teacher)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Build and run a trainer; returns the summary (also in ``metrics.jsonl`` and ``manifest.json``)."""
+def train(config: TrainConfig) -> TrainResult | None:
+    """Build and run a trainer; the main process returns the summary (also in ``metrics.jsonl``)."""
     trainer = build_trainer(config)
     result = trainer.train()
-    if trainer.accelerator.is_main_process:
-        trainer._log({"summary": asdict(result)})
+    if not trainer.accelerator.is_main_process:
+        return None
+    trainer._log({"summary": asdict(result)})
     return result
