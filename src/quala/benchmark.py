@@ -148,8 +148,8 @@ def run_benchmark(
         n_batches = len(per_engine_batches[0])
         times: list[list[float]] = [[] for _ in engines]
         logits: list[list[Any]] = [[] for _ in engines]
-        for i, e in enumerate(engines):  # warm-up (allocations, thread pools)
-            for w in range(min(warmup, n_batches)):
+        for i, e in enumerate(engines):  # warm-up (allocations, thread pools); one batch of 32 is plenty
+            for w in range(min(warmup if bs == 1 else 1, n_batches)):
                 e.predictor.logits(per_engine_batches[i][w], e.length_config)
         bar = tqdm(
             range(n_batches), desc=f"{protocol} b{bs}", unit="batch", disable=not progress, leave=False
