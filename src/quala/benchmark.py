@@ -148,8 +148,8 @@ def run_benchmark(
         n_batches = len(per_engine_batches[0])
         times: list[list[float]] = [[] for _ in engines]
         logits: list[list[Any]] = [[] for _ in engines]
-        for i, e in enumerate(engines):  # warm-up (allocations, thread pools)
-            for w in range(min(warmup, n_batches)):
+        for i, e in enumerate(engines):  # warm-up (allocations, thread pools); one batch of 32 is plenty
+            for w in range(min(warmup if bs == 1 else 1, n_batches)):
                 e.predictor.logits(per_engine_batches[i][w], e.length_config)
         bar = tqdm(
             range(n_batches), desc=f"{protocol} b{bs}", unit="batch", disable=not progress, leave=False
@@ -344,6 +344,8 @@ def markdown_table(result: BenchmarkResult) -> str:
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('threads')} threads; "
         + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
         f"Sample: {result.sample.get('data')} ({result.sample.get('num_features')} features).",
+        f"Load average (1, 5, 15 min) before: {m.get('load_average_before')}, after: "
+        f"{m.get('load_average_after')}; OMP_WAIT_POLICY={m.get('omp_wait_policy')}.",
         "",
     ]
     groups: dict[tuple[str, int], list[BenchRow]] = {}
@@ -460,7 +462,11 @@ def benchmark(
     engines = build_engines(model, onnx_dir, int8_dir, configs, baseline, threads, label, trained)
     machine = machine_info()
     machine["threads"] = threads
+    # a shared machine changes everything: record how busy it was, and whether OpenMP threads spin-wait
+    machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    machine["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     result = run_benchmark(engines, squad, batch_sizes, protocols, progress=progress, machine=machine)
+    machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result.sample["models"] = {
         "model": str(model),
         "onnx": str(onnx_dir),
