@@ -320,6 +320,13 @@ def test_search_writes_schema_plot_and_attaches(tmp_path, tiny_model_dir):
     assert written["settings"]["reference_length"] == 384 and written["settings"]["num_layers"] == 4
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((model / "search.json").read_text()) == written
+    # the engine reads the attached front and resolves budgets on it
+    from quala.engine import QAEngine
+
+    engine = QAEngine.from_pretrained(model, threads=1)
+    assert [p.length_config for p in engine.front] == [c.length_config for c in result.front]
+    cheapest = result.front[0]
+    assert engine.resolve({"macs_fraction": cheapest.macs / result.full.macs}) == cheapest.length_config
     # resuming a finished search evaluates nothing new and writes the same front
     again, _ = search(str(model), str(DEMO_DEV), "0:2", out, config, progress=False)
     assert [c.gene for c in again.front] == [c.gene for c in result.front]
@@ -382,5 +389,5 @@ def test_cli_search_runs_the_cpu_preset_shape(tmp_path, tiny_model_dir):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["completed"] and summary["data"]["num_questions"] == 10
     settings = json.loads((out / "search.json").read_text())["settings"]
-    assert settings["population"] == 8 and settings["iterations"] == 1  # preset, then CLI overrides
+    assert settings["population"] == 6 and settings["iterations"] == 1  # preset, then CLI overrides
     assert settings["latency"]["repeats"] == 1 and settings["latency"]["warmup"] == 1

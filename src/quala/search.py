@@ -432,7 +432,7 @@ def run_search(
         run.evaluate(run.full_gene)
         floor = smallest.macs  # candidates cheaper than the smallest sub-model are rejected (LAT)
         if config.strategy == "evolution":
-            _evolution(run, rng, config, num_layers, length, floor)
+            _evolution(run, rng, config, length, floor)
         else:
             _random_search(run, rng, config, num_layers, length, floor)
     except _Stop:
@@ -447,7 +447,7 @@ def run_search(
     return _result(run, config, smallest_gene, completed)
 
 
-def _evolution(run: _Run, rng: random.Random, config: SearchConfig, num_layers: int, length: int, floor: int):
+def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int, floor: int) -> None:
     for gene in initial_genes(run.model_config, length, config):
         run.evaluate(gene)
     for it in range(config.iterations):
