@@ -285,6 +285,19 @@ def test_measure_latency_on_tiny_model(tiny_model_dir):
         LatencyConfig(repeats=0)
 
 
+def test_max_examples_spreads_over_the_split():
+    from quala.data import load_squad
+    from quala.search import spread_subset
+
+    data = load_squad(DEMO_DEV)
+    subset = spread_subset(data, 8)
+    assert len(subset.examples) == 8 and len(set(subset.examples)) == 8
+    assert {e.title for e in subset.examples} == {e.title for e in data.examples}  # every article contributes
+    order = [data.examples.index(e) for e in subset.examples]
+    assert order == sorted(order) and order[0] == 0
+    assert spread_subset(data, None) is data and spread_subset(data, 10_000) is data
+
+
 def test_evaluate_features_matches_evaluate(tiny_model_dir):
     from quala.data import load_squad, prepare_features
     from quala.engine import load_predictor

@@ -206,7 +206,7 @@ def search(
         int | None, typer.Option(help="Stop after this many candidates; run again to resume.")
     ] = None,
     max_examples: Annotated[
-        int | None, typer.Option(help="Score each candidate on the first N questions of the split.")
+        int | None, typer.Option(help="Score each candidate on N questions spread evenly over the split.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same search).")] = None,
     latency: Annotated[
