@@ -60,9 +60,7 @@ class SearchConfig:
     max_evaluations: int | None = None  # stop (resumably) once this many candidates have been evaluated
     max_examples: int | None = None  # score on this many questions, evenly spaced over the split (None: all)
     seed: int = 42
-    budgets: list[float] = field(
-        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9]
-    )  # cost fractions to report
+    budgets: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # cost fractions to report
     measure_latency: bool = True  # time every candidate (always on for objective latency)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
