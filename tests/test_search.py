@@ -281,8 +281,11 @@ def test_measure_latency_on_tiny_model(tiny_model_dir):
     assert result.batch_size == 2 and result.seq_length == 40 and result.threads == 1
     assert 0 < result.min_ms <= result.median_ms <= result.p90_ms
     assert result.backend == "torch" and result.length_config == [30, 20, 10, 5]
+    assert measure_latency(predictor, None, LatencyConfig(repeats=1, seq_length=16, threads=2)).threads == 2
     with pytest.raises(QualaError):
         LatencyConfig(repeats=0)
+    with pytest.raises(QualaError):
+        LatencyConfig(threads=0)
 
 
 def test_max_examples_spreads_over_the_split():
