@@ -281,8 +281,24 @@ def test_measure_latency_on_tiny_model(tiny_model_dir):
     assert result.batch_size == 2 and result.seq_length == 40 and result.threads == 1
     assert 0 < result.min_ms <= result.median_ms <= result.p90_ms
     assert result.backend == "torch" and result.length_config == [30, 20, 10, 5]
+    assert measure_latency(predictor, None, LatencyConfig(repeats=1, seq_length=16, threads=2)).threads == 2
     with pytest.raises(QualaError):
         LatencyConfig(repeats=0)
+    with pytest.raises(QualaError):
+        LatencyConfig(threads=0)
+
+
+def test_max_examples_spreads_over_the_split():
+    from quala.data import load_squad
+    from quala.search import spread_subset
+
+    data = load_squad(DEMO_DEV)
+    subset = spread_subset(data, 8)
+    assert len(subset.examples) == 8 and len(set(subset.examples)) == 8
+    assert {e.title for e in subset.examples} == {e.title for e in data.examples}  # every article contributes
+    order = [data.examples.index(e) for e in subset.examples]
+    assert order == sorted(order) and order[0] == 0
+    assert spread_subset(data, None) is data and spread_subset(data, 10_000) is data
 
 
 def test_evaluate_features_matches_evaluate(tiny_model_dir):
@@ -320,6 +336,13 @@ def test_search_writes_schema_plot_and_attaches(tmp_path, tiny_model_dir):
     assert written["settings"]["reference_length"] == 384 and written["settings"]["num_layers"] == 4
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((model / "search.json").read_text()) == written
+    # the engine reads the attached front and resolves budgets on it
+    from quala.engine import QAEngine
+
+    engine = QAEngine.from_pretrained(model, threads=1)
+    assert [p.length_config for p in engine.front] == [c.length_config for c in result.front]
+    cheapest = result.front[0]
+    assert engine.resolve({"macs_fraction": cheapest.macs / result.full.macs}) == cheapest.length_config
     # resuming a finished search evaluates nothing new and writes the same front
     again, _ = search(str(model), str(DEMO_DEV), "0:2", out, config, progress=False)
     assert [c.gene for c in again.front] == [c.gene for c in result.front]
@@ -382,5 +405,5 @@ def test_cli_search_runs_the_cpu_preset_shape(tmp_path, tiny_model_dir):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["completed"] and summary["data"]["num_questions"] == 10
     settings = json.loads((out / "search.json").read_text())["settings"]
-    assert settings["population"] == 8 and settings["iterations"] == 1  # preset, then CLI overrides
+    assert settings["population"] == 6 and settings["iterations"] == 1  # preset, then CLI overrides
     assert settings["latency"]["repeats"] == 1 and settings["latency"]["warmup"] == 1

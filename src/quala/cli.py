@@ -206,7 +206,7 @@ def search(
         int | None, typer.Option(help="Stop after this many candidates; run again to resume.")
     ] = None,
     max_examples: Annotated[
-        int | None, typer.Option(help="Score each candidate on the first N questions of the split.")
+        int | None, typer.Option(help="Score each candidate on N questions spread evenly over the split.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same search).")] = None,
     latency: Annotated[
@@ -216,6 +216,9 @@ def search(
     latency_repeats: Annotated[int | None, typer.Option(help="Timed passes per candidate (median).")] = None,
     latency_warmup: Annotated[int | None, typer.Option(help="Untimed passes before timing.")] = None,
     latency_batch_size: Annotated[int | None, typer.Option(help="Batch size when timing.")] = None,
+    latency_threads: Annotated[
+        int | None, typer.Option(help="Threads when timing (default --threads; use 1 on a shared machine).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Features per forward pass when scoring F1.")] = None,
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
     threads: ThreadsOpt = None,
@@ -245,7 +248,12 @@ def search(
         "seed": seed,
         "measure_latency": latency,
         "evaluation": {"batch_size": batch_size, "threads": threads},
-        "latency": {"repeats": latency_repeats, "warmup": latency_warmup, "batch_size": latency_batch_size},
+        "latency": {
+            "repeats": latency_repeats,
+            "warmup": latency_warmup,
+            "batch_size": latency_batch_size,
+            "threads": latency_threads,
+        },
     }
     settings = resolve(SearchConfig, _settings_file(config), overrides)
     result, document = run_search(model, data, articles, output, settings, backend, attach, progress)

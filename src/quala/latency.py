@@ -31,6 +31,7 @@ class LatencyConfig:
     batch_size: int = 1
     seq_length: int | None = None  # real tokens per row; None: the model's reference length (384)
     seed: int = 0  # of the synthetic token ids
+    threads: int | None = None  # intra-op threads while timing (None: the predictor's own setting)
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -41,6 +42,8 @@ class LatencyConfig:
             raise QualaError(f"latency batch_size must be >= 1, got {self.batch_size}")
         if self.seq_length is not None and self.seq_length < 8:
             raise QualaError(f"latency seq_length must be >= 8, got {self.seq_length}")
+        if self.threads is not None and self.threads < 1:
+            raise QualaError(f"latency threads must be >= 1, got {self.threads}")
 
 
 @dataclass
@@ -105,9 +108,12 @@ def measure_latency(
 
     ``batch``: the input to time (e.g. collated real features); default a :func:`synthetic_batch` of
     ``config.batch_size`` rows of ``config.seq_length`` real tokens. ``threads``: intra-op threads for the
-    measurement (default: the predictor's own setting, else all of PyTorch's threads).
+    measurement (default: ``config.threads``, else the predictor's own setting, else all of PyTorch's threads).
+    On a machine whose cores other processes also use, time with fewer threads than cores: oversubscribed
+    threads make the many small operations of token dropping erratically slow.
     """
     config = config or LatencyConfig()
+    threads = threads or config.threads
     if batch is None:
         seq_length = config.seq_length or int(predictor.la_config.reference_length)
         batch = synthetic_batch(predictor, config.batch_size, seq_length, config.seed)

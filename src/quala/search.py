@@ -18,6 +18,7 @@ the interrupted run had (and then the same front) without storing the random gen
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -57,11 +58,9 @@ class SearchConfig:
     min_length: int = 2  # fewest tokens a layer may keep
     evaluations: int | None = None  # random strategy: candidates to evaluate (default: the evolution maximum)
     max_evaluations: int | None = None  # stop (resumably) once this many candidates have been evaluated
-    max_examples: int | None = None  # questions of the split to score each candidate on (None: all)
+    max_examples: int | None = None  # score on this many questions, evenly spaced over the split (None: all)
     seed: int = 42
-    budgets: list[float] = field(
-        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9]
-    )  # cost fractions to report
+    budgets: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # cost fractions to report
     measure_latency: bool = True  # time every candidate (always on for objective latency)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
@@ -432,7 +431,7 @@ def run_search(
         run.evaluate(run.full_gene)
         floor = smallest.macs  # candidates cheaper than the smallest sub-model are rejected (LAT)
         if config.strategy == "evolution":
-            _evolution(run, rng, config, num_layers, length, floor)
+            _evolution(run, rng, config, length, floor)
         else:
             _random_search(run, rng, config, num_layers, length, floor)
     except _Stop:
@@ -447,7 +446,7 @@ def run_search(
     return _result(run, config, smallest_gene, completed)
 
 
-def _evolution(run: _Run, rng: random.Random, config: SearchConfig, num_layers: int, length: int, floor: int):
+def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int, floor: int) -> None:
     for gene in initial_genes(run.model_config, length, config):
         run.evaluate(gene)
     for it in range(config.iterations):
@@ -534,6 +533,15 @@ class SplitObjective:
         return Measurement(result.f1, result.exact_match, latency, time.perf_counter() - t0)
 
 
+def spread_subset(data: Any, max_examples: int | None) -> Any:
+    """``max_examples`` questions evenly spaced over the split (every article contributes), in file order."""
+    n = len(data.examples)
+    if max_examples is None or max_examples >= n:
+        return data
+    picked = [data.examples[(i * n) // max_examples] for i in range(max_examples)]
+    return dataclasses.replace(data, examples=picked)
+
+
 def _weights_fingerprint(model: str) -> str:
     """Names, sizes and modification times of a model directory's weight files (detects a retrained model)."""
     path = Path(model)
@@ -573,7 +581,7 @@ def search(
         raise QualaError(f"--output {output} exists and is not a directory")
     if attach and not Path(resolve_model_path(model)).is_dir():
         raise QualaError(f"--attach needs a local model directory, got {model!r}")
-    data = load_squad(data_file, articles, config.max_examples)
+    data = spread_subset(load_squad(data_file, articles), config.max_examples)
     predictor = load_predictor(model, backend=backend, threads=config.evaluation.threads)
     length = int(predictor.la_config.reference_length)
     if config.latency.seq_length is not None and config.latency.seq_length > length:

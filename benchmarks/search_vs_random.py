@@ -1,0 +1,123 @@
+"""Evolutionary search against random search with the same number of evaluations, measured in one run.
+
+Runs ``quala search`` (LAT evolution) and then a random search over the same space (non-increasing genes no
+cheaper than the smallest LengthDrop sub-model) that evaluates exactly as many candidates, on the same model,
+split and settings. Both are resumable: run the same command again after an interruption. The JSON written to
+``--output/comparison.json`` holds both fronts, the normalised area under each front (mean best F1 over MACs
+budgets between the smallest sub-model and the full model; see ``quala.search.front_area``), evaluation counts,
+wall times and the machine; ``comparison.png`` overlays the two fronts.
+
+    python benchmarks/search_vs_random.py --model runs/squad-mini/lengthdrop --articles 32:40 \\
+        --config search-cpu --output benchmarks/results/search_vs_random
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from quala.config import resolve
+from quala.io import machine_info, write_json_atomic
+from quala.search import SearchConfig, SearchResult, cost_fractions, front_area, search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quala.search import pareto_front
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (name, result), color in zip(results.items(), ("tab:red", "tab:gray"), strict=True):
+        full = result.full.macs
+        ax.scatter(
+            [c.macs / full for c in result.candidates], [c.f1 for c in result.candidates], s=10, color=color, alpha=0.35
+        )
+        stairs = pareto_front(result.candidates, "macs")
+        xs = [c.macs / full for c in stairs] + [1.0]
+        ax.step(
+            xs,
+            [c.f1 for c in stairs] + [stairs[-1].f1],
+            where="post",
+            color=color,
+            label=f"{name}: area {result.area_macs:.2f}, {result.num_evaluations} evaluations",
+        )
+    ax.set_xlabel("MACs / full-length MACs")
+    ax.set_ylabel("F1 on the search split")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def latency_area(result: SearchResult) -> float | None:
+    """Area under the front on the measured-latency axis (each run's own smallest/full latencies bound it)."""
+    if any(c.latency_ms is None for c in result.candidates):
+        return None
+    low = result.smallest.latency_ms / result.full.latency_ms
+    if low >= 1:
+        return None
+    return round(front_area(cost_fractions(result.candidates, "latency", result.full), low, 1.0), 4)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/squad/dev-v1.1-part-a.json"))
+    p.add_argument("--articles", default="32:40", help="the search (validation) split; never the test split")
+    p.add_argument("--config", default=str(ROOT / "src/quala/configs/search-cpu.yaml"))
+    p.add_argument("--max-examples", type=int, default=None, help="override the preset's max_examples")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default=str(ROOT / "benchmarks/results/search_vs_random"))
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(args.output)
+    overrides = {"max_examples": args.max_examples, "seed": args.seed, "evaluation": {"threads": args.threads}}
+    overrides["evaluation"] = {k: v for k, v in overrides["evaluation"].items() if v is not None}
+    config = resolve(SearchConfig, args.config, overrides)
+    config.strategy = "evolution"
+    t0 = time.perf_counter()
+    evo, _ = search(args.model, args.data, args.articles, out / "evolution", config)
+    print(f"evolution: {evo.num_evaluations} evaluations, area {evo.area_macs}, {evo.wall_seconds} s", file=sys.stderr)
+    config.strategy = "random"
+    config.evaluations = evo.num_evaluations
+    rnd, document = search(args.model, args.data, args.articles, out / "random", config)
+    print(f"random: {rnd.num_evaluations} evaluations, area {rnd.area_macs}, {rnd.wall_seconds} s", file=sys.stderr)
+    results = {"evolution": evo, "random": rnd}
+    report = {
+        "machine": machine_info(),
+        "load_average_at_end": os.getloadavg(),
+        "model": args.model,
+        "data": document["data"],
+        "settings": document["settings"],
+        "area_definition": "mean over MACs budgets b uniform in [smallest sub-model, full model] of the best F1 "
+        "among evaluated candidates with MACs <= b (MACs as a fraction of the full model's)",
+        "this_session_seconds": round(time.perf_counter() - t0, 1),
+    }
+    for name, result in results.items():
+        report[name] = {
+            "num_evaluations": result.num_evaluations,
+            "wall_seconds": result.wall_seconds,
+            "area_macs": result.area_macs,
+            "area_latency": latency_area(result),
+            "best_f1_per_budget": result.best_per_budget,
+            "front": [c.to_dict() for c in result.front],
+        }
+    report["area_ratio_evolution_over_random"] = round(evo.area_macs / rnd.area_macs, 4)
+    write_json_atomic(out / "comparison.json", report)
+    _plot(results, out / "comparison.png")
+    print(f"area evolution {evo.area_macs} vs random {rnd.area_macs} ({evo.num_evaluations} evaluations each)")
+
+
+if __name__ == "__main__":
+    main()
