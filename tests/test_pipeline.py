@@ -62,3 +62,10 @@ def test_pipeline_bad_input(tmp_path, capsys):
     bad.write_text("finetune: {lr: -1}\n")
     code, _, err = run_cli(["pipeline", "--config", bad, "--output-dir", tmp_path], capsys)
     assert code == 2 and "lr must be > 0" in err
+
+
+def test_pipeline_several_processes_run_only_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli(["pipeline", "--preset", "demo", "--output-dir", tmp_path / "run"], capsys)
+    assert code == 2 and "--stages finetune,lengthdrop" in err and "search,quantize" in err
+    assert not (tmp_path / "run").exists()  # refused before anything is written

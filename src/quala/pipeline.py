@@ -12,6 +12,7 @@ against latency.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -136,8 +137,19 @@ class Pipeline:
             raise QualaError(f"unknown stage(s) {unknown} in --rerun; stages are {list(STAGES)}")
         for stage in rerun:
             self.state["completed"].pop(stage, None)
+        # Under `accelerate launch` / `torchrun` every process runs this; only training is data-parallel, and only
+        # the main process records state.
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        single = [s for s in self.config.stages if s not in ("finetune", "lengthdrop")]
+        if world > 1 and single:
+            raise QualaError(
+                f"with {world} processes run only the training stages (--stages finetune,lengthdrop), then the "
+                f"rest in one process: quala pipeline ... --stages {','.join(single)}"
+            )
+        main = rank == 0
         self.root.mkdir(parents=True, exist_ok=True)
-        save_resolved(self.root, self.config)
+        if main:
+            save_resolved(self.root, self.config)
         for stage in self.config.stages:
             if stage in self.state["completed"]:
                 print(f"[pipeline] {stage}: complete, skipped", flush=True)
@@ -146,9 +158,11 @@ class Pipeline:
             t0 = time.perf_counter()
             summary = getattr(self, f"_{stage}")(progress)
             self.state["completed"][stage] = {"seconds": round(time.perf_counter() - t0, 1), **(summary or {})}
-            write_json_atomic(self.state_path, self.state)
+            if main:
+                write_json_atomic(self.state_path, self.state)
             print(f"[pipeline] {stage}: done in {self.state['completed'][stage]['seconds']} s", flush=True)
-        write_manifest(self.root, "pipeline", stages=self.config.stages)
+        if main:
+            write_manifest(self.root, "pipeline", stages=self.config.stages)
         return self.state
 
     # ---------------------------------------------------------------------------------------- stages

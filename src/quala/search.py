@@ -466,8 +466,7 @@ def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int,
                     break
                 if gene in members or run.macs(gene) < floor:
                     continue
-                run.evaluate(gene)
-                pool.append(gene)
+                run.evaluate(gene)  # parents stay this iteration's front (LAT §4.2); children compete next round
                 members.add(gene)
                 added += 1
 
