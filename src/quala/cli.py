@@ -257,14 +257,10 @@ def search(
     }
     settings = resolve(SearchConfig, _settings_file(config), overrides)
     result, document = run_search(model, data, articles, output, settings, backend, attach, progress)
+    summary = {k: v for k, v in document["summary"].items() if k not in ("strategy", "objective", "note", "machine")}
     out = {
         "search": str(output / SEARCH_FILE),
-        "completed": result.completed,
-        "num_evaluations": result.num_evaluations,
-        "wall_seconds": result.wall_seconds,
-        "area": result.area,
-        "area_macs": result.area_macs,
-        "best_f1_per_budget": result.best_per_budget,
+        **summary,
         "data": document["data"],
         "front": document["front"],
         "attached": str(Path(model) / SEARCH_FILE) if attach and result.completed else None,
