@@ -69,3 +69,24 @@ def test_pipeline_several_processes_run_only_training(tmp_path, capsys, monkeypa
     code, _, err = run_cli(["pipeline", "--preset", "demo", "--output-dir", tmp_path / "run"], capsys)
     assert code == 2 and "--stages finetune,lengthdrop" in err and "search,quantize" in err
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_report_operating_point_is_cheapest_int8_config_within_one_f1():
+    from quala.report import headline
+
+    def row(model, lengths, f1, macs, ms):
+        return {"model": model, "length_config": lengths, "f1": f1, "macs": macs, "latency_ms": ms,
+                "speedup_vs_bert_base": 800 / ms, "speedup_vs_minilm_fp32": 100 / ms}
+
+    rows = [
+        row("fp32", None, 80.0, 100, 100.0),
+        row("int8", None, 79.8, 100, 40.0),
+        row("int8", [3, 2], 79.1, 70, 25.0),  # within 1 F1: the operating point
+        row("int8", [2, 1], 78.9, 50, 20.0),  # 1.1 below: too inaccurate
+        row("int8", [3, 3], 79.5, 90, 30.0),  # within, but dearer
+        row("fp32", [2, 1], 79.9, 50, 60.0),  # fp32 rows never qualify
+    ]
+    top = headline(rows)
+    assert top["length_config"] == [3, 2] and top["speedup_vs_int8_full_length"] == 1.6
+    assert top["speedup_vs_minilm_fp32"] == 4.0 and top["speedup_vs_bert_base"] == 32.0
+    assert headline([r for r in rows if r["length_config"] != [3, 2] and r["length_config"] != [3, 3]]) is None

@@ -60,6 +60,37 @@ def build_rows(evaluation: dict[str, Any], bench: dict[str, Any] | None) -> list
     return rows
 
 
+def headline(rows: list[dict[str, Any]], tolerance: float = 1.0) -> dict[str, Any] | None:
+    """The cheapest int8 token-dropping configuration within ``tolerance`` F1 of the full-length fp32 model.
+
+    This is the QuaLA-MiniLM model card's operating point (§4: the fastest model that stays within 1 point of
+    its full-length fp32 model), with its speedups from the same benchmark run. None when nothing qualifies.
+    """
+    full = next((r for r in rows if r["model"] == "fp32" and r["length_config"] is None), None)
+    int8_full = next((r for r in rows if r["model"] == "int8" and r["length_config"] is None), None)
+    if full is None:
+        return None
+    fits = [r for r in rows
+            if r["model"] == "int8" and r["length_config"] is not None and r["f1"] >= full["f1"] - tolerance]
+    if not fits:
+        return None
+    best = min(fits, key=lambda r: r["macs"])
+    vs_int8 = None
+    if int8_full and int8_full["latency_ms"] and best["latency_ms"]:
+        vs_int8 = round(int8_full["latency_ms"] / best["latency_ms"], 2)
+    return {
+        "length_config": best["length_config"],
+        "f1": best["f1"],
+        "fp32_full_f1": full["f1"],
+        "tolerance": tolerance,
+        "macs": best["macs"],
+        "latency_ms": best["latency_ms"],
+        "speedup_vs_bert_base": best["speedup_vs_bert_base"],
+        "speedup_vs_minilm_fp32": best["speedup_vs_minilm_fp32"],
+        "speedup_vs_int8_full_length": vs_int8,
+    }
+
+
 def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
     """Write ``report/REPORT.md``, ``report/report.json`` and copy the plots next to them."""
     root = Path(root)
@@ -98,6 +129,17 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
             f"| {_fmt(r['f1'])} | {_fmt(r['exact_match'])} | {_fmt(r['latency_ms'], 1)} | {_fmt(r['macs'] / 1e9, 3)} "
             f"| {_fmt(r['speedup_vs_bert_base'], 2)} | {_fmt(r['speedup_vs_minilm_fp32'], 2)} |"
         )
+    top = headline(rows)
+    if top:
+        lines += ["", "**Operating point** (the cheapest int8 token-dropping configuration within "
+                  f"{top['tolerance']:g} F1 of the full-length fp32 model's {top['fp32_full_f1']:.2f}): "
+                  f"`{','.join(map(str, top['length_config']))}`, F1 {top['f1']:.2f}, "
+                  f"{top['macs'] / 1e9:.3f} GMACs, {_fmt(top['latency_ms'], 1)} ms; "
+                  f"{_fmt(top['speedup_vs_minilm_fp32'])}x MiniLM fp32 eager, "
+                  f"{_fmt(top['speedup_vs_int8_full_length'])}x int8 without token dropping, "
+                  f"{_fmt(top['speedup_vs_bert_base'])}x BERT-base."]
+    else:
+        lines += ["", "No int8 token-dropping configuration is within 1 F1 of the full-length fp32 model."]
     if bench:
         m = bench["machine"]
         lines += ["", f"Latency: one `quala benchmark` run on {m.get('cpu')} ({m.get('cores')} cores, "
@@ -112,8 +154,8 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
             shutil.copyfile(root / "benchmark" / "benchmark.md", out / "benchmark.md")
     if search_path.is_file():
         shutil.copyfile(search_path, out / "search.json")
-    write_json_atomic(out / "report.json", {"config": to_dict(config), "rows": rows, "stages": state["completed"],
-                                            "data": data})
+    write_json_atomic(out / "report.json", {"config": to_dict(config), "rows": rows, "operating_point": top,
+                                            "stages": state["completed"], "data": data})
     path = out / "REPORT.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
