@@ -90,3 +90,14 @@ def test_report_operating_point_is_cheapest_int8_config_within_one_f1():
     assert top["length_config"] == [3, 2] and top["speedup_vs_int8_full_length"] == 1.6
     assert top["speedup_vs_minilm_fp32"] == 4.0 and top["speedup_vs_bert_base"] == 32.0
     assert headline([r for r in rows if r["length_config"] != [3, 2] and r["length_config"] != [3, 3]]) is None
+
+
+def test_spread_configs_keeps_ends_and_spreads_over_macs():
+    from quala.pipeline import spread_configs
+
+    points = [(m, [m]) for m in (10, 11, 12, 20, 30, 31, 40)]
+    assert spread_configs(points, None) == [[m] for m, _ in points]
+    assert spread_configs(points, 10) == [[m] for m, _ in points]
+    assert spread_configs(points, 4) == [[10], [20], [30], [40]]  # targets 10, 20, 30, 40
+    assert spread_configs(points, 1) == [[10]]
+    assert len(spread_configs(points, 6)) == 6  # never picks a point twice

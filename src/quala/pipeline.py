@@ -64,6 +64,9 @@ class PipelineConfig:
     validation_file: str = ""
     validation_articles: str | None = None
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    # evaluate and benchmark at most this many front configurations besides full length, spread evenly over
+    # MACs (cheapest and dearest included); None: every point. The engine still serves the whole front.
+    front_points: int | None = None
     finetune: TrainConfig = field(default_factory=TrainConfig)
     lengthdrop: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -75,6 +78,23 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise QualaError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        if self.front_points is not None and self.front_points < 1:
+            raise QualaError(f"front_points must be >= 1 (or null for every point), got {self.front_points}")
+
+
+def spread_configs(points: list[tuple[int, list[int]]], n: int | None) -> list[list[int]]:
+    """At most ``n`` of ``(macs, length_config)`` points: the nearest to ``n`` MACs targets evenly spaced from
+    the cheapest to the dearest point, in MACs order (all of them when ``n`` is None or covers them)."""
+    points = sorted(points, key=lambda p: p[0])
+    if n is None or len(points) <= n:
+        return [c for _, c in points]
+    lo, hi = points[0][0], points[-1][0]
+    picked: list[int] = []
+    for k in range(n):
+        target = lo if n == 1 else lo + (hi - lo) * k / (n - 1)
+        free = [i for i in range(len(points)) if i not in picked]
+        picked.append(min(free, key=lambda i: abs(points[i][0] - target)))
+    return [points[i][1] for i in sorted(picked)]
 
 
 def preset_path(name: str) -> Path:
@@ -121,6 +141,14 @@ class Pipeline:
 
     def dir(self, stage: str) -> Path:
         return self.root / stage
+
+    def front_configs(self, reference_length: int, layers: int) -> list[list[int]]:
+        """The front configurations (full length excluded) that the evaluate and benchmark stages measure."""
+        from quala.budget import load_front
+
+        points = [(p.macs, p.length_config) for p in load_front(self.trained_model, 0)
+                  if p.length_config is not None and p.length_config != [reference_length] * layers]
+        return spread_configs(points, self.config.front_points)
 
     @property
     def trained_model(self) -> Path:
@@ -216,24 +244,19 @@ class Pipeline:
         return {"size_mb": result.size_mb, "mode": result.mode}
 
     def _evaluate(self, progress: bool) -> dict:
-        """Validation F1 of the fp32 model and of the int8 model, at full length and at every front point."""
-        from quala.budget import load_front
+        """Validation F1 of the fp32 and int8 models at full length and at the front points (``front_points``)."""
         from quala.config import EvalConfig
         from quala.data import load_squad
         from quala.engine import load_predictor
         from quala.evaluate import evaluate
-        from quala.macs import count_macs
 
         e = self.config.evaluate
         data = load_squad(self.validation_file, self.config.validation_articles, e.max_examples)
         fp32 = load_predictor(self.trained_model, backend="torch")
         int8 = load_predictor(self.dir("quantize"), backend="auto") if "quantize" in self.config.stages else None
-        full_macs = count_macs(fp32.model_config, fp32.la_config.reference_length).total
         ref, layers = fp32.la_config.reference_length, fp32.model_config.num_hidden_layers
-        configs: list[list[int] | None] = [None]  # full length; a front point of [ref] * N is the same model
-        for point in load_front(self.trained_model, full_macs):
-            if point.length_config is not None and point.length_config != [ref] * layers:
-                configs.append(point.length_config)
+        # full length first; a front point of [ref] * N is the same model
+        configs: list[list[int] | None] = [None, *self.front_configs(ref, layers)]
         rows = []
         for name, predictor in (("fp32", fp32), ("int8", int8)):
             if predictor is None:
@@ -250,13 +273,19 @@ class Pipeline:
         return {"rows": len(rows)}
 
     def _benchmark(self, progress: bool) -> dict:
+        from transformers import AutoConfig
+
         from quala.benchmark import benchmark
+        from quala.quantize import reference_length
 
         b = self.config.benchmark
         int8 = str(self.dir("quantize")) if "quantize" in self.config.stages else None
+        model_config = AutoConfig.from_pretrained(self.trained_model)
+        configs = self.front_configs(reference_length(model_config), int(model_config.num_hidden_layers))
         result = benchmark(
             str(self.trained_model), self.validation_file, self.dir("benchmark"), self.config.validation_articles,
-            b.max_examples, b.batch_sizes, b.protocols, None, None, None, int8, b.threads, "MiniLM", progress,
+            b.max_examples, b.batch_sizes, b.protocols, None, configs or None, None, int8, b.threads, "MiniLM",
+            progress,
         )
         return {"rows": len(result.rows)}
 
