@@ -40,6 +40,10 @@ def test_int8_directory_layout(int8_dir):
     full_ops = {n.op_type for n in onnx.load(str(int8_dir / "model_full.onnx")).graph.node}
     assert "QAttention" in full_ops
     assert "Gather" in ops  # embeddings stay fp32 lookups
+    # default keep_fp32="ffn-output": the 4 FFN output projections stay fp32 MatMuls in both graphs
+    assert manifest["keep_fp32"] == "ffn-output"
+    for graph in ("model.onnx", "model_full.onnx"):
+        assert len(ffn_output_nodes(int8_dir / graph, 64)) == 4  # fp32 MatMuls with a (64, hidden) weight
 
 
 def test_int8_loads_and_answers(int8_dir, tiny_model_dir):

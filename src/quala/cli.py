@@ -313,10 +313,10 @@ def quantize(
     keep_fp32: Annotated[
         str,
         typer.Option(
-            help="none: quantize every Linear layer; ffn-output: keep the FFN output projections "
-            "(activation outliers) in fp32."
+            help="ffn-output: keep the FFN output projections (activation outliers) in fp32, "
+            "within 1 F1 of fp32; none: quantize every Linear layer (a few % faster, ~1.3 F1 lower)."
         ),
-    ] = "none",
+    ] = "ffn-output",
 ) -> None:
     """Quantize a model to int8 (per-channel weights, embeddings fp32) for ONNX Runtime."""
     from quala.quantize import quantize_model

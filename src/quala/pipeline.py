@@ -34,7 +34,7 @@ PACKAGE_PREFIX = "quala:"  # paths inside the installed package, e.g. quala:asse
 @dataclass
 class QuantizeStage:
     mode: str = "dynamic"  # dynamic | static
-    keep_fp32: str = "none"  # none | ffn-output
+    keep_fp32: str = "ffn-output"  # ffn-output | none (docs/inference.md: F1 against speed)
     calibration_features: int = 100
 
 
