@@ -101,3 +101,20 @@ def test_spread_configs_keeps_ends_and_spreads_over_macs():
     assert spread_configs(points, 4) == [[10], [20], [30], [40]]  # targets 10, 20, 30, 40
     assert spread_configs(points, 1) == [[10]]
     assert len(spread_configs(points, 6)) == 6  # never picks a point twice
+
+
+@pytest.mark.parametrize(
+    "prefix, module, cls",
+    [("pipeline-", "quala.pipeline", "PipelineConfig"), ("train-", "quala.train", "TrainConfig"),
+     ("search-", "quala.search", "SearchConfig")],
+)
+def test_every_packaged_config_resolves(prefix, module, cls):
+    """Each YAML in configs/ is valid for its dataclass (unknown keys and bad values raise)."""
+    import importlib
+
+    from quala.config import resolve
+
+    configs = sorted((preset_path("demo").parent).glob(f"{prefix}*.yaml"))
+    assert configs
+    for path in configs:
+        resolve(getattr(importlib.import_module(module), cls), path)
