@@ -372,26 +372,27 @@ def plot_f1_latency(result: BenchmarkResult, path: Path) -> bool:
     scored = [r for r in result.rows if r.f1 is not None]
     if not scored:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for protocol, bs in sorted({(r.protocol, r.batch_size) for r in scored}):
-        rows = sorted(
-            (r for r in scored if r.protocol == protocol and r.batch_size == bs),
-            key=lambda r: r.latency_ms_median,
-        )
-        ax.plot(
-            [r.latency_ms_median for r in rows], [r.f1 for r in rows], "o", label=f"{protocol}, batch {bs}"
-        )
-        for r in rows:
-            tag = r.name.replace(" ONNX Runtime", " ORT") + ("" if r.length_config is None else " (LA)")
-            ax.annotate(
-                tag, (r.latency_ms_median, r.f1), fontsize=6, xytext=(3, 3), textcoords="offset points"
+    panels = sorted({(r.protocol, r.batch_size) for r in scored})
+    names = list(dict.fromkeys(r.name for r in scored))  # one marker and colour per engine, in row order
+    markers = "osD^v<>ph*"
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, (protocol, bs) in zip(axes[0], panels):
+        for i, name in enumerate(names):
+            rows = sorted(
+                (r for r in scored if r.name == name and r.protocol == protocol and r.batch_size == bs),
+                key=lambda r: r.latency_ms_median,
             )
-    ax.set_xscale("log")
-    ax.set_xlabel("median latency, ms (log)")
-    ax.set_ylabel("F1")
-    ax.set_title("SQuAD F1 vs CPU latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+            if rows:  # the front's configurations of one engine are joined by a line
+                ax.plot([r.latency_ms_median for r in rows], [r.f1 for r in rows],
+                        marker=markers[i % len(markers)], linestyle="-" if len(rows) > 1 else "",
+                        color=f"C{i}", label=name.replace(" ONNX Runtime", " ORT"))
+        ax.set_xscale("log")
+        ax.set_xlabel("median latency, ms (log)")
+        ax.set_title(f"{protocol}, batch {bs}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("F1")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("SQuAD F1 against CPU latency (token-dropping front joined)", fontsize=11)
     fig.tight_layout()
     from quala.io import atomic_path
 
