@@ -182,6 +182,27 @@ def test_evolution_beats_random_on_synthetic_objective():
     assert evo.area_macs > rnd.area_macs
 
 
+def test_random_init_seeds_part_of_the_population_with_random_genes():
+    length, layers = 384, 6
+    config = small_config(population=6, random_init=4, iterations=0)
+    objective = Synthetic(length)
+    result = run_search(objective, sizes(layers), length, config)
+    ratio_genes = initial_genes(sizes(layers), length, config)
+    assert len(ratio_genes) == 2  # population - random_init constant-ratio genes
+    smallest, full = constant_ratio_gene(layers, length, 0.2), (length,) * layers
+    seeded = [g for g in objective.calls if g not in (smallest, full, *ratio_genes)]
+    assert len(seeded) == 4 and result.num_evaluations == 2 + 6
+    floor = count_macs(sizes(layers), length, smallest).total
+    for gene in seeded:
+        assert is_valid_gene(gene, layers, length) and count_macs(sizes(layers), length, gene).total >= floor
+    again = Synthetic(length)
+    run_search(again, sizes(layers), length, config)
+    assert again.calls == objective.calls  # seeded: the same random genes every run
+    plain = Synthetic(length)
+    run_search(plain, sizes(layers), length, small_config(population=6, iterations=0))
+    assert len(set(plain.calls) - {smallest, full} - set(initial_genes(sizes(layers), length, small_config(population=6)))) == 0
+
+
 def test_latency_objective_uses_measured_cost():
     result = run_search(Synthetic(64), sizes(3), 64, small_config(objective="latency"))
     latencies = [c.latency_ms for c in result.front]
@@ -196,10 +217,10 @@ def test_random_strategy_evaluates_the_requested_number():
     assert (96,) * 4 in front_genes(result)
 
 
-@pytest.mark.parametrize("strategy", ["evolution", "random"])
-def test_resumed_search_gives_the_same_front(tmp_path, strategy):
+@pytest.mark.parametrize(("strategy", "random_init"), [("evolution", 0), ("random", 0), ("evolution", 3)])
+def test_resumed_search_gives_the_same_front(tmp_path, strategy, random_init):
     length, layers = 128, 4
-    config = small_config(strategy=strategy, evaluations=25)
+    config = small_config(strategy=strategy, evaluations=25, random_init=random_init)
     reference = run_search(Synthetic(length), sizes(layers), length, config, tmp_path / "a.json")
 
     class Killed(Exception):
@@ -255,6 +276,8 @@ def test_state_of_another_model_is_refused(tmp_path):
     ("overrides", "message"),
     [
         ({"population": 0}, "population must be >= 1"),
+        ({"population": 4, "random_init": 5}, "random_init must be in"),
+        ({"random_init": -1}, "random_init must be in"),
         ({"objective": "flops"}, "unknown objective"),
         ({"strategy": "grid"}, "unknown strategy"),
         ({"mutation_prob": 1.5}, "mutation_prob"),

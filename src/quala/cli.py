@@ -186,7 +186,11 @@ def search(
         ),
     ] = None,
     population: Annotated[
-        int | None, typer.Option(help="Initial constant-ratio genes (LAT: 20).")
+        int | None, typer.Option(help="Initial genes (LAT: 20).")
+    ] = None,
+    random_init: Annotated[
+        int | None,
+        typer.Option(help="How many initial genes are random instead of constant-ratio (LAT: 0; see docs/search.md)."),
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="Evolution iterations (LAT: 30).")] = None,
     mutations: Annotated[int | None, typer.Option(help="Mutated genes per iteration (LAT: 30).")] = None,
@@ -237,6 +241,7 @@ def search(
         "objective": objective,
         "budgets": budget,
         "population": population,
+        "random_init": random_init,
         "iterations": iterations,
         "mutations": mutations,
         "crossovers": crossovers,

@@ -49,7 +49,8 @@ class SearchConfig:
 
     strategy: str = "evolution"  # evolution | random (baseline: the same space, uniformly sampled)
     objective: str = "macs"  # cost axis of the front: macs (analytic) | latency (measured here)
-    population: int = 20  # initial constant-ratio genes between the smallest sub-model and the full model
+    population: int = 20  # initial genes between the smallest sub-model and the full model
+    random_init: int = 0  # of those, how many are uniform random genes instead of constant-ratio ones (LAT: 0)
     iterations: int = 30
     mutations: int = 30  # new genes per iteration from mutation
     crossovers: int = 30  # new genes per iteration from crossover
@@ -74,6 +75,8 @@ class SearchConfig:
             minimum = 1 if name in ("population", "min_length") else 0
             if getattr(self, name) < minimum:
                 raise QualaError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        if not 0 <= self.random_init <= self.population:
+            raise QualaError(f"random_init must be in [0, population={self.population}], got {self.random_init}")
         if not 0.0 <= self.mutation_prob <= 1.0:
             raise QualaError(f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
         if not 0.0 < self.ratio_bound < 1.0:
@@ -206,7 +209,8 @@ def is_valid_gene(gene: Sequence[int], num_layers: int, length: int, min_length:
 
 
 def initial_genes(model_config: Any, length: int, config: SearchConfig) -> list[Gene]:
-    """``population`` constant-ratio genes, MACs evenly spaced strictly between the smallest and full model.
+    """``population - random_init`` constant-ratio genes, MACs evenly spaced strictly between the smallest and
+    full model.
 
     LAT spaces its initial ratios by an average-length formula hard-coded for 12 layers of 384 tokens; here
     the ratio for each MACs target is found by bisection on the real MAC count, for any depth and length.
@@ -220,8 +224,9 @@ def initial_genes(model_config: Any, length: int, config: SearchConfig) -> list[
 
     low, high = macs_at(config.ratio_bound), macs_at(0.0)
     genes: list[Gene] = []
-    for k in range(1, config.population + 1):
-        target = low + (high - low) * k / (config.population + 1)
+    count = config.population - config.random_init
+    for k in range(1, count + 1):
+        target = low + (high - low) * k / (count + 1)
         lo, hi = 0.0, config.ratio_bound  # macs_at is non-increasing in the ratio
         for _ in range(60):
             mid = (lo + hi) / 2
@@ -447,7 +452,19 @@ def run_search(
 
 
 def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int, floor: int) -> None:
-    for gene in initial_genes(run.model_config, length, config):
+    """LAT §4.2. ``random_init`` > 0 seeds part of the population with random genes instead of constant-ratio
+    ones: profiles that keep most tokens early and drop late are far from every constant-ratio gene, and a
+    short search does not reach them by mutation (docs/search.md)."""
+    genes = initial_genes(run.model_config, length, config)
+    num_layers = int(run.model_config.num_hidden_layers)
+    seeds = attempts = 0
+    while seeds < config.random_init and attempts < 1000 * config.random_init:
+        attempts += 1
+        gene = random_gene(rng, num_layers, length, config.min_length)
+        if gene not in genes and gene not in run.used and run.macs(gene) >= floor:
+            genes.append(gene)
+            seeds += 1
+    for gene in genes:
         run.evaluate(gene)
     for it in range(config.iterations):
         run.phase = f"iter {it + 1}/{config.iterations}"
