@@ -198,3 +198,18 @@ def test_cli_quantize_bad_input_exits_2(tiny_model_dir, tmp_path):
     )
     assert res.returncode == 2
     assert res.stderr.strip().startswith("error: unknown quantization mode") and "Traceback" not in res.stderr
+
+
+def test_quantize_defaults_agree_across_cli_pipeline_and_api():
+    """quantize_model's defaults are the ones `quala quantize` and the pipeline's quantize stage use."""
+    import dataclasses
+    import inspect
+
+    from quala import cli
+    from quala.pipeline import QuantizeStage
+
+    api = inspect.signature(quantize_model).parameters
+    options = inspect.signature(cli.quantize).parameters
+    for f in dataclasses.fields(QuantizeStage):
+        name = "num_calibration_features" if f.name == "calibration_features" else f.name
+        assert f.default == api[name].default == options[f.name].default, f.name

@@ -142,12 +142,17 @@ class Pipeline:
     def dir(self, stage: str) -> Path:
         return self.root / stage
 
-    def front_configs(self, reference_length: int, layers: int) -> list[list[int]]:
+    def front_configs(self) -> list[list[int]]:
         """The front configurations (full length excluded) that the evaluate and benchmark stages measure."""
-        from quala.budget import load_front
+        from transformers import AutoConfig
 
+        from quala.budget import load_front
+        from quala.quantize import reference_length
+
+        config = AutoConfig.from_pretrained(self.trained_model)
+        full = [reference_length(config)] * int(config.num_hidden_layers)  # the same model as full length
         points = [(p.macs, p.length_config) for p in load_front(self.trained_model, 0)
-                  if p.length_config is not None and p.length_config != [reference_length] * layers]
+                  if p.length_config is not None and p.length_config != full]
         return spread_configs(points, self.config.front_points)
 
     @property
@@ -254,9 +259,7 @@ class Pipeline:
         data = load_squad(self.validation_file, self.config.validation_articles, e.max_examples)
         fp32 = load_predictor(self.trained_model, backend="torch")
         int8 = load_predictor(self.dir("quantize"), backend="auto") if "quantize" in self.config.stages else None
-        ref, layers = fp32.la_config.reference_length, fp32.model_config.num_hidden_layers
-        # full length first; a front point of [ref] * N is the same model
-        configs: list[list[int] | None] = [None, *self.front_configs(ref, layers)]
+        configs: list[list[int] | None] = [None, *self.front_configs()]  # full length first
         rows = []
         for name, predictor in (("fp32", fp32), ("int8", int8)):
             if predictor is None:
@@ -273,15 +276,11 @@ class Pipeline:
         return {"rows": len(rows)}
 
     def _benchmark(self, progress: bool) -> dict:
-        from transformers import AutoConfig
-
         from quala.benchmark import benchmark
-        from quala.quantize import reference_length
 
         b = self.config.benchmark
         int8 = str(self.dir("quantize")) if "quantize" in self.config.stages else None
-        model_config = AutoConfig.from_pretrained(self.trained_model)
-        configs = self.front_configs(reference_length(model_config), int(model_config.num_hidden_layers))
+        configs = self.front_configs()
         result = benchmark(
             str(self.trained_model), self.validation_file, self.dir("benchmark"), self.config.validation_articles,
             b.max_examples, b.batch_sizes, b.protocols, None, configs or None, None, int8, b.threads, "MiniLM",
