@@ -75,9 +75,19 @@ def latency_area(result: SearchResult) -> float | None:
 
 
 def holdout_areas(
-    model: str, data_file: str, articles: str, config: SearchConfig, results: dict[str, SearchResult], n: int
+    model: str,
+    data_file: str,
+    articles: str,
+    config: SearchConfig,
+    results: dict[str, SearchResult],
+    n: int,
+    cache_file: Path | None = None,
 ) -> dict:
-    """Re-score every front configuration on ``n`` split questions the searches never saw; area per search."""
+    """Re-score every front configuration on ``n`` split questions the searches never saw; area per search.
+
+    ``cache_file`` (JSON, keyed by model, question count and configuration) lets runs with other seeds on the
+    same model and split reuse held-out scores instead of recomputing them.
+    """
     from quala.data import load_squad, prepare_features
     from quala.engine import load_predictor
     from quala.evaluate import evaluate_features
@@ -88,7 +98,13 @@ def holdout_areas(
     held = spread_subset(unseen, n)
     predictor = load_predictor(model, backend="torch", threads=config.evaluation.threads)
     features = prepare_features(held.examples, predictor.tokenizer, config.evaluation.data)
-    f1: dict[tuple[int, ...], float] = {}
+    import json
+
+    cache_key = f"{model}|{articles}|{config.max_examples}|{n}"
+    stored = json.loads(cache_file.read_text()) if cache_file is not None and cache_file.is_file() else {}
+    f1: dict[tuple[int, ...], float] = {
+        tuple(int(v) for v in k.split(",")): float(v) for k, v in stored.get(cache_key, {}).items()
+    }
     out: dict = {"num_questions": len(held.examples), "disjoint_from_search_questions": True}
     for name, result in results.items():
         for c in result.front:
@@ -96,12 +112,22 @@ def holdout_areas(
             if key not in f1:
                 f1[key] = evaluate_features(predictor, held, features, c.length_config, config.evaluation)[0].f1
                 print(f"held-out {list(key)}: F1 {f1[key]:.2f}", file=sys.stderr)
+                if cache_file is not None:
+                    stored[cache_key] = {",".join(map(str, k)): v for k, v in f1.items()}
+                    write_json_atomic(cache_file, stored)
         full, low = result.full.macs, result.smallest.macs / result.full.macs
         points = [(c.macs / full, f1[tuple(c.length_config)]) for c in result.front]
         out[name] = {
             "area_macs": round(front_area(points, low, 1.0), 4),
-            "front": [{"length_config": c.length_config, "macs": c.macs, "f1_search": c.f1,
-                       "f1_holdout": round(f1[tuple(c.length_config)], 4)} for c in result.front],
+            "front": [
+                {
+                    "length_config": c.length_config,
+                    "macs": c.macs,
+                    "f1_search": c.f1,
+                    "f1_holdout": round(f1[tuple(c.length_config)], 4),
+                }
+                for c in result.front
+            ],
         }
     out["area_ratio_evolution_over_random"] = round(out["evolution"]["area_macs"] / out["random"]["area_macs"], 4)
     return out
@@ -116,8 +142,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-examples", type=int, default=None, help="override the preset's max_examples")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--holdout-examples", type=int, default=0,
-                   help="re-score both fronts on N split questions neither search saw (0: skip)")
+    p.add_argument(
+        "--holdout-examples",
+        type=int,
+        default=0,
+        help="re-score both fronts on N split questions neither search saw (0: skip)",
+    )
+    p.add_argument(
+        "--holdout-cache",
+        default=None,
+        help="JSON file of held-out scores shared by runs on the same model and split (other seeds)",
+    )
     p.add_argument("--output", default=str(ROOT / "benchmarks/results/search_vs_random"))
     args = p.parse_args(argv)
 
@@ -156,11 +191,20 @@ def main(argv: list[str] | None = None) -> None:
         }
     report["area_ratio_evolution_over_random"] = round(evo.area_macs / rnd.area_macs, 4)
     if args.holdout_examples > 0:
-        report["holdout"] = holdout_areas(args.model, args.data, args.articles, config, results,
-                                          args.holdout_examples)
+        report["holdout"] = holdout_areas(
+            args.model,
+            args.data,
+            args.articles,
+            config,
+            results,
+            args.holdout_examples,
+            Path(args.holdout_cache) if args.holdout_cache else None,
+        )
         h = report["holdout"]
-        print(f"held-out ({h['num_questions']} questions): area evolution {h['evolution']['area_macs']} "
-              f"vs random {h['random']['area_macs']}")
+        print(
+            f"held-out ({h['num_questions']} questions): area evolution {h['evolution']['area_macs']} "
+            f"vs random {h['random']['area_macs']}"
+        )
     write_json_atomic(out / "comparison.json", report)
     _plot(results, out / "comparison.png")
     print(f"area evolution {evo.area_macs} vs random {rnd.area_macs} ({evo.num_evaluations} evaluations each)")
