@@ -205,7 +205,7 @@ class LengthAdaptiveQA(nn.Module):
             if drop:
                 keep = keep_counts(n_i, real, alive_count, rule, ref)  # (B,)
                 # significance = attention received, summed over heads and alive queries (LAT §3.2)
-                # as one GEMV over (head, query) rows: several times faster in ONNX Runtime than ReduceSum
+                # as one GEMV over (head, query) rows, faster in ONNX Runtime than Mul + ReduceSum (docs/inference.md)
                 H, n = probs.shape[1], probs.shape[-1]
                 weights = mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # (B, 1, H*n): alive queries, per head
                 sig = torch.matmul(weights, probs.reshape(B, H * n, n)).squeeze(1)  # (B, n)
@@ -262,8 +262,8 @@ class LengthAdaptiveQA(nn.Module):
 
 
 def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[b, idx[b, j]]`` for ``x`` (B, n, D) and ``idx`` (B, k): whole rows, so ONNX gets a row ``Gather``
-    (the element-wise ``GatherElements`` of ``x.gather(1, ...)`` costs several times more in ONNX Runtime)."""
+    """``x[b, idx[b, j]]`` for ``x`` (B, n, D) and ``idx`` (B, k): a row ``Gather`` in ONNX, instead of the
+    element-wise ``GatherElements`` over a (B, k, D) index tensor that ``x.gather(1, ...)`` exports to."""
     B, n, D = x.shape
     flat = idx + torch.arange(B, device=idx.device).unsqueeze(1) * n  # (B, k) row in the (B*n, D) view
     return x.reshape(-1, D).index_select(0, flat.reshape(-1)).view(B, -1, D)
@@ -271,7 +271,9 @@ def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def _put_rows(buffer: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Out-of-place ``buffer[b, idx[b, j]] = rows[b, j]`` (buffer (B, m, D), idx/rows (B, k[, D])), exported as
-    a row ``ScatterND``. Rows sent to the same index must be interchangeable (here: the discarded sink slot)."""
+    a row ``ScatterND``; the element-wise ``ScatterElements`` of ``buffer.scatter`` was the int8 graph's
+    costliest non-matmul op (docs/inference.md §1). Rows sent to one index must be interchangeable (here: the
+    discarded sink slot)."""
     B, m, D = buffer.shape
     flat = idx + torch.arange(B, device=idx.device).unsqueeze(1) * m  # (B, k)
     out = buffer.reshape(-1, D).index_put((flat.reshape(-1),), rows.reshape(-1, D))
