@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -98,8 +99,6 @@ def holdout_areas(
     held = spread_subset(unseen, n)
     predictor = load_predictor(model, backend="torch", threads=config.evaluation.threads)
     features = prepare_features(held.examples, predictor.tokenizer, config.evaluation.data)
-    import json
-
     cache_key = f"{model}|{articles}|{config.max_examples}|{n}"
     stored = json.loads(cache_file.read_text()) if cache_file is not None and cache_file.is_file() else {}
     f1: dict[tuple[int, ...], float] = {
