@@ -271,8 +271,8 @@ def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def _put_rows(buffer: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Out-of-place ``buffer[b, idx[b, j]] = rows[b, j]`` (buffer (B, m, D), idx/rows (B, k[, D])), exported as
-    a row ``ScatterND``; the element-wise ``ScatterElements`` of ``buffer.scatter`` was the int8 graph's
-    costliest non-matmul op (docs/inference.md §1). Rows sent to one index must be interchangeable (here: the
+    a row ``ScatterND``; the element-wise ``ScatterElements`` of ``buffer.scatter`` was among the int8 graph's
+    costliest non-matmul ops (docs/inference.md §1). Rows sent to one index must be interchangeable (here: the
     discarded sink slot)."""
     B, m, D = buffer.shape
     flat = idx + torch.arange(B, device=idx.device).unsqueeze(1) * m  # (B, k)
