@@ -69,6 +69,17 @@ def test_length_adaptive_graph_matches_pytorch(exported, length_config):
     np.testing.assert_allclose(end[mask], ref_end[mask], atol=1e-4)
 
 
+def test_length_adaptive_graph_moves_whole_rows(tmp_path):
+    """Drop-and-Restore exports as row Gather/ScatterND, not element-wise ops over (B, k, D) index tensors
+    (those dominated the int8 graph's overhead; docs/inference.md section 1)."""
+    model = LengthAdaptiveQA(tiny_hf_qa("bert", vocab_size=1000)).eval()
+    path = export_length_adaptive(model, tmp_path / "model.onnx")
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("TopK") == ops.count("ScatterND") == model.num_layers
+    assert "ScatterElements" not in ops
+    assert ops.count("ReduceSum") <= 1  # the real-length count only; significance is a MatMul
+
+
 def test_one_session_runs_two_length_configs(exported):
     family, model, session = exported
     batch = _batch(family, [64, 64], vocab=1000, seed=3)
