@@ -261,12 +261,16 @@ class LengthAdaptiveQA(nn.Module):
         return layer.attention.output(ctx, h), probs
 
 
+def _flat_rows(idx: torch.Tensor, width: int) -> torch.Tensor:
+    """Row numbers in the (B*width, D) view of a (B, width, D) tensor for per-batch row indices ``idx`` (B, k)."""
+    return (idx + torch.arange(idx.shape[0], device=idx.device).unsqueeze(1) * width).reshape(-1)  # (B*k,)
+
+
 def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``x[b, idx[b, j]]`` for ``x`` (B, n, D) and ``idx`` (B, k): a row ``Gather`` in ONNX, instead of the
     element-wise ``GatherElements`` over a (B, k, D) index tensor that ``x.gather(1, ...)`` exports to."""
     B, n, D = x.shape
-    flat = idx + torch.arange(B, device=idx.device).unsqueeze(1) * n  # (B, k) row in the (B*n, D) view
-    return x.reshape(-1, D).index_select(0, flat.reshape(-1)).view(B, -1, D)
+    return x.reshape(-1, D).index_select(0, _flat_rows(idx, n)).view(B, -1, D)
 
 
 def _put_rows(buffer: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -275,9 +279,7 @@ def _put_rows(buffer: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> to
     costliest non-matmul ops (docs/inference.md §1). Rows sent to one index must be interchangeable (here: the
     discarded sink slot)."""
     B, m, D = buffer.shape
-    flat = idx + torch.arange(B, device=idx.device).unsqueeze(1) * m  # (B, k)
-    out = buffer.reshape(-1, D).index_put((flat.reshape(-1),), rows.reshape(-1, D))
-    return out.view(B, m, D)
+    return buffer.reshape(-1, D).index_put((_flat_rows(idx, m),), rows.reshape(-1, D)).view(B, m, D)
 
 
 def _alive_positions(positions: torch.Tensor, mask: torch.Tensor, B: int, L: int) -> torch.Tensor:
