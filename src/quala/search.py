@@ -23,7 +23,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,7 +438,7 @@ def run_search(
         if config.strategy == "evolution":
             _evolution(run, rng, config, length, floor)
         else:
-            _random_search(run, rng, config, num_layers, length, floor)
+            _random_search(run, rng, config, length, floor)
     except _Stop:
         completed = False
     finally:
@@ -456,14 +456,13 @@ def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int,
     ones: profiles that keep most tokens early and drop late are far from every constant-ratio gene, and a
     short search does not reach them by mutation (docs/search.md)."""
     genes = initial_genes(run.model_config, length, config)
-    num_layers = int(run.model_config.num_hidden_layers)
-    seeds = attempts = 0
-    while seeds < config.random_init and attempts < 1000 * config.random_init:
-        attempts += 1
-        gene = random_gene(rng, num_layers, length, config.min_length)
-        if gene not in genes and gene not in run.used and run.macs(gene) >= floor:
+    seeds = 0
+    for gene in _random_genes(run, rng, length, config.min_length, floor, 1000 * config.random_init):
+        if gene not in genes and gene not in run.used:
             genes.append(gene)
             seeds += 1
+            if seeds == config.random_init:
+                break
     for gene in genes:
         run.evaluate(gene)
     for it in range(config.iterations):
@@ -488,17 +487,27 @@ def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int,
                 added += 1
 
 
-def _random_search(
-    run: _Run, rng: random.Random, config: SearchConfig, num_layers: int, length: int, floor: int
-):
+def _random_genes(
+    run: _Run, rng: random.Random, length: int, min_length: int, floor: int, attempts: int
+) -> Iterator[Gene]:
+    """Up to ``attempts`` draws of :func:`random_gene`, yielding those no cheaper than ``floor`` (LAT rejects
+    genes below the smallest sub-model). Draws happen only as the caller asks for the next gene."""
+    num_layers = int(run.model_config.num_hidden_layers)
+    for _ in range(attempts):
+        gene = random_gene(rng, num_layers, length, min_length)
+        if run.macs(gene) >= floor:
+            yield gene
+
+
+def _random_search(run: _Run, rng: random.Random, config: SearchConfig, length: int, floor: int) -> None:
     target = config.max_candidates()
-    attempts = 0
-    while len(run.used) < target and attempts < 1000 * target:
-        attempts += 1
-        gene = random_gene(rng, num_layers, length, config.min_length)
-        if gene in run.used or run.macs(gene) < floor:
-            continue
-        run.evaluate(gene)
+    if len(run.used) >= target:
+        return
+    for gene in _random_genes(run, rng, length, config.min_length, floor, 1000 * target):
+        if gene not in run.used:
+            run.evaluate(gene)
+            if len(run.used) >= target:
+                break
 
 
 def _result(run: _Run, config: SearchConfig, smallest_gene: Gene, completed: bool) -> SearchResult:
