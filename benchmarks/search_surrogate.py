@@ -2,15 +2,19 @@
 
 Real comparisons cost ~20 minutes per search on 2 cores, too few to tell settings apart by seeds. This script
 fits a surrogate ``F1(length config)`` to configurations a model was really scored on (the candidates of
-``search.json`` files, same question count), then runs both strategies of :func:`quala.search.run_search` many
+``search.json`` files, same question count): ``linear`` (least squares on per-layer kept fractions, the family
+the ``linear`` search predictor also uses) or ``knn`` (inverse-distance mean of the 8 nearest scored
+configurations: bumpy, and outside the predictor's family, so it does not flatter predictor-guided search).
+It then runs both strategies of :func:`quala.search.run_search` many
 times on it, with Gaussian noise standing for question sampling, and scores each front by its *true* (noise-
 free) surrogate F1 (the analogue of held-out re-scoring). It prints and writes, per setting, the mean ratio of
 the two areas and how often evolution wins. It guides which settings to spend real compute on; it is not a
 result about the model.
 
-    python benchmarks/search_surrogate.py \\
+    python benchmarks/search_surrogate.py --surrogate knn \\
         --candidates "benchmarks/results/search_vs_random_squadmini_81*/*/search.json" \\
-        --output benchmarks/results/search_surrogate.json
+                     "benchmarks/results/search_vs_random_squadmini_rnd6x16_seed*/*/search.json" \\
+        --output benchmarks/results/search_surrogate_knn.json
 """
 
 from __future__ import annotations
@@ -34,12 +38,23 @@ SETTINGS = {
     "random init, 12 x (4+2)": dict(population=6, random_init=6, iterations=12, mutations=4, crossovers=2),
     "random init, 16 x (4+2)": dict(population=6, random_init=6, iterations=16, mutations=4, crossovers=2),
     "half random init, 10 x (6+3)": dict(population=10, random_init=5, iterations=10, mutations=6, crossovers=3),
+    "pipeline + linear predictor": dict(
+        population=8, iterations=6, mutations=6, crossovers=6, predictor="linear"
+    ),
+    "random init 10, 16 x (4+2) + linear predictor": dict(
+        population=10, random_init=10, iterations=16, mutations=4, crossovers=2, predictor="linear"
+    ),
+    "search-cpu (6 + 4 x (5+5))": dict(population=6, iterations=4, mutations=5, crossovers=5),
+    "random init 10, 6 x (4+2) + linear predictor": dict(
+        population=10, random_init=10, iterations=6, mutations=4, crossovers=2, predictor="linear"
+    ),
 }
 MINILM = BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=12)
 
 
-def fit_surrogate(files: list[str], length: int):
-    """Least squares on per-layer kept fractions and their values clipped at 0.8 (a mild saturation)."""
+def fit_surrogate(files: list[str], length: int, kind: str = "linear"):
+    """``linear``: least squares on per-layer kept fractions and their values clipped at 0.8 (a mild
+    saturation). ``knn``: inverse-distance mean of the 8 nearest scored configurations."""
     rows: dict[tuple[int, ...], float] = {}
     counts = set()
     for f in files:
@@ -50,6 +65,16 @@ def fit_surrogate(files: list[str], length: int):
     if len(counts) > 1:
         raise SystemExit(f"candidates scored on different question counts {sorted(counts)}; pass one kind")
     x = np.array(list(rows)) / length
+    if kind == "knn":
+        known, scores = x * length, np.array(list(rows.values()))
+
+        def nearest(gene) -> float:
+            dist = np.sqrt(((known - np.asarray(gene, dtype=float)) ** 2).sum(axis=1))  # (num_points,)
+            idx = np.argsort(dist)[:8]
+            weight = 1.0 / (dist[idx] + 5.0)
+            return float(weight @ scores[idx] / weight.sum())
+
+        return nearest, len(rows), 0.0
     design = np.c_[np.ones(len(x)), x, np.minimum(x, 0.8)]
     y = np.array(list(rows.values()))
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
@@ -64,18 +89,21 @@ def fit_surrogate(files: list[str], length: int):
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--candidates", required=True, help="glob of search.json files scored on one question count")
+    p.add_argument(
+        "--candidates", required=True, nargs="+", help="globs of search.json files scored on one question count"
+    )
+    p.add_argument("--surrogate", choices=("linear", "knn"), default="linear")
     p.add_argument("--length", type=int, default=384)
     p.add_argument("--noise", type=float, default=1.5, help="F1 noise (std) of one evaluation")
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--output", required=True)
     args = p.parse_args(argv)
 
-    files = sorted(glob.glob(args.candidates))
+    files = sorted({f for pattern in args.candidates for f in glob.glob(pattern)})
     if not files:
         raise SystemExit(f"no files match {args.candidates!r}")
-    true_f1, num_points, residual = fit_surrogate(files, args.length)
-    print(f"surrogate fitted to {num_points} configurations, residual std {residual:.2f} F1")
+    true_f1, num_points, residual = fit_surrogate(files, args.length, args.surrogate)
+    print(f"{args.surrogate} surrogate of {num_points} configurations (linear fit residual std {residual:.2f} F1)")
 
     def true_area(result) -> float:
         full = result.full.macs
@@ -84,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = {
         "machine": machine_info(),
+        "surrogate": args.surrogate,
         "files": files,
         "num_points": num_points,
         "residual_std": residual,

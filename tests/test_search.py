@@ -22,6 +22,7 @@ from quala.errors import QualaError
 from quala.macs import count_macs
 from quala.search import (
     Candidate,
+    F1Predictor,
     Measurement,
     SearchConfig,
     constant_ratio_gene,
@@ -182,6 +183,63 @@ def test_evolution_beats_random_on_synthetic_objective():
     assert evo.area_macs > rnd.area_macs
 
 
+def test_f1_predictor_recovers_a_function_of_its_form():
+    rng = random.Random(0)
+    genes = [random_gene(rng, 4, 128) for _ in range(40)]
+
+    def f1(gene):
+        return 10 + sum((5 + i) * n / 128 + (2 - i) * math.log(n / 128) for i, n in enumerate(gene))
+
+    predictor = F1Predictor(128, ridge=1e-9).fit(genes, [f1(g) for g in genes])
+    unseen = [random_gene(rng, 4, 128) for _ in range(10)]
+    assert predictor(unseen) == pytest.approx([f1(g) for g in unseen], abs=1e-4)
+    assert predictor([]) == []
+
+
+def test_predictor_guided_evolution_evaluates_ranked_children():
+    """Same evaluation count as LAT's loop, valid genes only, and a larger front area than LAT's and random
+    search's on a smooth objective where profile shape matters (deep layers count less)."""
+    length, layers = 384, 6
+    settings = dict(population=6, random_init=6, iterations=8, mutations=4, crossovers=2, seed=5)
+    guided_calls = Synthetic(length, noise=0.5)
+    guided = run_search(guided_calls, sizes(layers), length, small_config(**settings, predictor="linear"))
+    lat = run_search(Synthetic(length, noise=0.5), sizes(layers), length, small_config(**settings))
+    rnd = run_search(
+        Synthetic(length, noise=0.5),
+        sizes(layers),
+        length,
+        small_config(strategy="random", evaluations=guided.num_evaluations),
+    )
+    assert guided.num_evaluations == 2 + 6 + 8 * (4 + 2) == len(set(guided_calls.calls))
+    floor = count_macs(sizes(layers), length, constant_ratio_gene(layers, length, 0.2)).total
+    for gene in guided_calls.calls:
+        assert is_valid_gene(gene, layers, length) and count_macs(sizes(layers), length, gene).total >= floor
+    assert guided.area_macs > lat.area_macs and guided.area_macs > rnd.area_macs
+
+
+def test_most_promising_children_spread_over_the_cost_range():
+    from quala.search import _most_promising
+
+    length = 64
+    predictor = F1Predictor(length).fit([(64, 64), (32, 16), (48, 40), (20, 10)], [50.0, 20.0, 40.0, 10.0])
+
+    class Run:  # the two attributes _most_promising reads
+        used = {
+            (64, 64): Candidate([64, 64], 50.0, 0.0, 64 + 64, None),
+            (20, 10): Candidate([20, 10], 10.0, 0.0, 20 + 10, None),
+        }
+
+        @staticmethod
+        def macs(gene):
+            return sum(gene)
+
+    # a near-copy of the full gene and a cheap child: the cheap one fills the gap below the full model first
+    children = [(64, 63), (40, 30), (40, 29)]
+    picked = _most_promising(Run, predictor, children, 2, "macs")
+    assert picked[0] == (40, 30)
+    assert len(picked) == 2 and len(set(picked)) == 2
+
+
 def test_random_init_seeds_part_of_the_population_with_random_genes():
     length, layers = 384, 6
     config = small_config(population=6, random_init=4, iterations=0)
@@ -218,10 +276,13 @@ def test_random_strategy_evaluates_the_requested_number():
     assert (96,) * 4 in front_genes(result)
 
 
-@pytest.mark.parametrize(("strategy", "random_init"), [("evolution", 0), ("random", 0), ("evolution", 3)])
-def test_resumed_search_gives_the_same_front(tmp_path, strategy, random_init):
+@pytest.mark.parametrize(
+    ("strategy", "random_init", "predictor"),
+    [("evolution", 0, "none"), ("random", 0, "none"), ("evolution", 3, "none"), ("evolution", 5, "linear")],
+)
+def test_resumed_search_gives_the_same_front(tmp_path, strategy, random_init, predictor):
     length, layers = 128, 4
-    config = small_config(strategy=strategy, evaluations=25, random_init=random_init)
+    config = small_config(strategy=strategy, evaluations=25, random_init=random_init, predictor=predictor)
     reference = run_search(Synthetic(length), sizes(layers), length, config, tmp_path / "a.json")
 
     class Killed(Exception):
@@ -285,6 +346,8 @@ def test_state_of_another_model_is_refused(tmp_path):
         ({"ratio_bound": 0.0}, "ratio_bound"),
         ({"budgets": [0.5, 2.0]}, "budgets"),
         ({"max_examples": 0}, "max_examples"),
+        ({"predictor": "gp"}, "unknown predictor"),
+        ({"predictor_pool": 0}, "predictor_pool"),
     ],
 )
 def test_bad_settings_are_rejected(overrides, message):
@@ -412,8 +475,7 @@ def test_cli_macs_on_a_config_only_directory(tmp_path):
 )
 def test_cli_search_rejects_bad_input(tmp_path, tiny_model_dir, args, message):
     out = tmp_path / "out"
-    proc = quala("search", "--model", str(tiny_model_dir), "--data", str(DEMO_DEV), "--output", str(out),
-                 *args)
+    proc = quala("search", "--model", str(tiny_model_dir), "--data", str(DEMO_DEV), "--output", str(out), *args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (out / "search.json").exists()

@@ -202,6 +202,16 @@ def search(
         float | None,
         typer.Option(help="LengthDrop ratio bound; its smallest sub-model is the cheapest allowed (0.2)."),
     ] = None,
+    predictor: Annotated[
+        str | None,
+        typer.Option(
+            help="none (LAT: evaluate every child) | linear (generate --predictor-pool times more children, "
+            "evaluate those a fitted F1 predictor ranks highest; docs/search.md)."
+        ),
+    ] = None,
+    predictor_pool: Annotated[
+        int | None, typer.Option(help="Predictor: children generated per child evaluated (20).")
+    ] = None,
     evaluations: Annotated[
         int | None,
         typer.Option(help="Random strategy: candidates to evaluate (default: the evolution's maximum)."),
@@ -247,6 +257,8 @@ def search(
         "crossovers": crossovers,
         "mutation_prob": mutation_prob,
         "ratio_bound": ratio_bound,
+        "predictor": predictor,
+        "predictor_pool": predictor_pool,
         "evaluations": evaluations,
         "max_evaluations": max_evaluations,
         "max_examples": max_examples,
