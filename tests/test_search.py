@@ -235,7 +235,7 @@ def test_most_promising_children_spread_over_the_cost_range():
 
     # a near-copy of the full gene and a cheap child: the cheap one fills the gap below the full model first
     children = [(64, 63), (40, 30), (40, 29)]
-    picked = _most_promising(Run, predictor, children, 2, "macs")
+    picked = _most_promising(Run, predictor, children, 2)
     assert picked[0] == (40, 30)
     assert len(picked) == 2 and len(set(picked)) == 2
 
@@ -491,5 +491,6 @@ def test_cli_search_runs_the_cpu_preset_shape(tmp_path, tiny_model_dir):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["completed"] and summary["data"]["num_questions"] == 10
     settings = json.loads((out / "search.json").read_text())["settings"]
-    assert settings["population"] == 6 and settings["iterations"] == 1  # preset, then CLI overrides
+    assert settings["population"] == 10 and settings["iterations"] == 1  # preset, then CLI overrides
+    assert settings["predictor"] == "linear"
     assert settings["latency"]["repeats"] == 1 and settings["latency"]["warmup"] == 1

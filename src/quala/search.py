@@ -453,7 +453,8 @@ def run_search(
 def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int, floor: int) -> None:
     """LAT §4.2. ``random_init`` > 0 seeds part of the population with random genes instead of constant-ratio
     ones: profiles that keep most tokens early and drop late are far from every constant-ratio gene, and a
-    short search does not reach them by mutation (docs/search.md)."""
+    short search does not reach them by mutation (docs/search.md). ``predictor: linear`` evaluates only the
+    children an F1 predictor ranks highest among ``predictor_pool`` times as many (:func:`_most_promising`)."""
     genes = initial_genes(run.model_config, length, config)
     seeds = 0
     for gene in _random_genes(run, rng, length, config.min_length, floor, 1000 * config.random_init):
@@ -481,7 +482,7 @@ def _evolution(run: _Run, rng: random.Random, config: SearchConfig, length: int,
             children = list(
                 _children(run, rng, config, length, floor, pool, kind, size * config.predictor_pool, exclude)
             )
-            for gene in _most_promising(run, predictor, children, size, config.objective):
+            for gene in _most_promising(run, predictor, children, size):
                 run.evaluate(gene)
                 members.add(gene)
 
@@ -552,9 +553,7 @@ class F1Predictor:
         return [float(v) for v in self._features(genes) @ self.coef]
 
 
-def _most_promising(
-    run: _Run, predictor: F1Predictor, children: list[Gene], size: int, objective: str
-) -> list[Gene]:
+def _most_promising(run: _Run, predictor: F1Predictor, children: list[Gene], size: int) -> list[Gene]:
     """Greedily pick ``size`` children by the area their predicted F1 would add under the front.
 
     The front's staircase is drawn from the predicted F1 of every evaluated candidate; a child at cost ``c``
@@ -565,7 +564,6 @@ def _most_promising(
     """
     if not children:
         return []
-    del objective
     predicted = predictor(children)
     costs = [run.macs(g) for g in children]
     evaluated = list(run.used.values())
