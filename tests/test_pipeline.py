@@ -118,3 +118,35 @@ def test_every_packaged_config_resolves(prefix, module, cls):
     assert configs
     for path in configs:
         resolve(getattr(importlib.import_module(module), cls), path)
+
+
+def test_learning_curves_chain_stages_and_survive_a_resume(tmp_path):
+    """Steps and core-hours add up across stages; a resumed run's restarted clock does not subtract time."""
+    import json
+
+    from quala.report import learning_curves, plot_learning_curves
+
+    ft, ld = tmp_path / "ft.jsonl", tmp_path / "ld.jsonl"
+    ft.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 10, "loss": 3.0, "elapsed_s": 1800.0},
+        {"step": 10, "eval_f1": 40.0, "eval_questions": 300},
+        {"step": 20, "loss": 2.0, "elapsed_s": 3600.0},
+        # resumed: the clock restarts at 900 s after the checkpoint at step 20
+        {"step": 30, "loss": 1.5, "elapsed_s": 900.0},
+        {"step": 30, "eval_f1": 55.0, "eval_questions": 300},
+    ]) + "\n")
+    ld.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 5, "loss": 1.0, "elapsed_s": 3600.0},
+        {"step": 5, "eval_f1": 56.0, "eval_f1_smallest": 30.0, "smallest_length_config": [3, 2]},
+    ]) + "\n")
+    curves = learning_curves({"finetune": ft, "lengthdrop": ld, "missing": tmp_path / "no.jsonl"},
+                             {"finetune": 2, "lengthdrop": 1})
+    # finetune: 1800 + 1800 + 900 s on 2 threads = 2.5 core-hours; lengthdrop: 3600 s on 1 thread = 1.0
+    assert [(p["stage"], p["step"], p["core_hours"], p["f1"], p["f1_smallest"]) for p in curves["points"]] == [
+        ("finetune", 10, 1.0, 40.0, None),
+        ("finetune", 30, 2.5, 55.0, None),
+        ("lengthdrop", 35, 3.5, 56.0, 30.0),
+    ]
+    assert curves["total_core_hours"] == 3.5
+    assert plot_learning_curves(curves, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -330,3 +330,49 @@ def test_cli_train_end_to_end_with_yaml_and_overrides(tmp_path, tiny_model_dir):
     assert resolved["max_steps"] == 3 and resolved["batch_size"] == 4  # CLI beats YAML, YAML beats defaults
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "eval_f1" in x]
     assert evals and evals[-1]["eval_questions"] == 8
+
+
+def test_patience_stops_after_validations_without_improvement(dropout_model_dir, tmp_path, monkeypatch):
+    """Scripted validation F1 10, 20, 15, 15, ...: best at step 2, patience 2 -> stop at step 4 of 12, keep step 2."""
+    import quala.evaluate as evaluate_module
+
+    scores = iter([10.0, 20.0, 15.0, 15.0, 15.0, 15.0, 15.0, 15.0, 15.0, 15.0, 15.0, 15.0])
+
+    class Score:
+        def __init__(self):
+            self.f1 = next(scores)
+            self.exact_match, self.num_questions, self.seconds = 0.0, 1, 0.0
+
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: (Score(), None))
+    cfg = _config(dropout_model_dir, tmp_path / "run", eval_file=DEMO_DEV, max_eval_examples=4, eval_every=1,
+                  patience=2, max_steps=12, save_every=5)
+    result = build_trainer(cfg).train()
+    assert (result.steps, result.best_step, result.best_f1) == (4, 2, 20.0)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_f1" in r] == [1, 2, 3, 4]
+    assert records[-1] == {"step": 4, "early_stop": True, "best_step": 2}
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-4"]
+    # without patience the same scripted run goes to the end (control arm)
+    scores = iter([10.0, 20.0] + [15.0] * 10)
+    cfg = _config(dropout_model_dir, tmp_path / "ctrl", eval_file=DEMO_DEV, max_eval_examples=4, eval_every=1,
+                  max_steps=12, save_every=5)
+    assert build_trainer(cfg).train().steps == 12
+
+
+def test_bad_patience_is_rejected():
+    with pytest.raises(QualaError, match="patience"):
+        TrainConfig(patience=0)
+
+
+def test_frozen_word_embeddings_stay_put_and_compiled_blocks_train(dropout_model_dir, tmp_path):
+    """freeze_word_embeddings: the word embeddings are bit-identical after training while the rest moved;
+    compile: the run trains and saves the same parameter names as an eager run."""
+    cfg = _config(dropout_model_dir, tmp_path / "frozen", freeze_word_embeddings=True, compile=True, max_steps=3)
+    build_trainer(cfg).train()
+    start = load_file(str(dropout_model_dir / "model.safetensors"))
+    after = load_file(str(tmp_path / "frozen" / "model.safetensors"))
+    assert after.keys() == start.keys()
+    word = [k for k in after if k.endswith("word_embeddings.weight")]
+    assert len(word) == 1 and torch.equal(after[word[0]], start[word[0]])
+    assert not torch.equal(after[next(k for k in after if "intermediate.dense.weight" in k)],
+                           start[next(k for k in start if "intermediate.dense.weight" in k)])

@@ -530,6 +530,18 @@ def train(
     eval_every: Annotated[
         int | None, typer.Option(help="Steps between validations (default: each epoch).")
     ] = None,
+    freeze_word_embeddings: Annotated[
+        bool | None, typer.Option(help="Do not train the word embeddings (less optimizer work per step).")
+    ] = None,
+    compile_layers: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the per-layer FFN blocks (dynamic shapes)."),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help="Stop after N validations in a row without a better full-length F1 (the best model "
+                          "is kept either way).")
+    ] = None,
     save_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
     log_every: Annotated[int | None, typer.Option(help="Steps between metrics.jsonl lines.")] = None,
     threads: ThreadsOpt = None,
@@ -563,6 +575,9 @@ def train(
         "max_train_examples": max_train_examples,
         "max_eval_examples": max_eval_examples,
         "eval_every": eval_every,
+        "patience": patience,
+        "freeze_word_embeddings": freeze_word_embeddings,
+        "compile": compile_layers,
         "save_every": save_every,
         "log_every": log_every,
         "threads": threads,

@@ -7,6 +7,7 @@ analytic at the reference length. Every figure names where it was measured.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,11 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
     layers = (search or {}).get("settings", {}).get("num_layers", 6)
     ref = (search or {}).get("settings", {}).get("reference_length", 384)
     plots = []
+    curves = learning_curves({name: root / name / "metrics.jsonl" for name in ("finetune", "lengthdrop")},
+                             {name: getattr(getattr(config, name, None), "threads", None) or 1
+                              for name in ("finetune", "lengthdrop")})
+    if curves["points"] and plot_learning_curves(curves, out / "learning_curves.png"):
+        plots.append("learning_curves.png")
     for src in (root / "search" / "pareto.png", root / "benchmark" / "f1_vs_latency.png"):
         if src.is_file():
             shutil.copyfile(src, out / src.name)
@@ -159,7 +165,76 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
     if search_path.is_file():
         shutil.copyfile(search_path, out / "search.json")
     write_json_atomic(out / "report.json", {"config": to_dict(config), "rows": rows, "operating_point": top,
-                                            "stages": state["completed"], "data": data})
+                                            "stages": state["completed"], "data": data,
+                                            "learning_curves": curves})
     path = out / "REPORT.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def learning_curves(metrics: dict[str, Path], threads: dict[str, int]) -> dict[str, Any]:
+    """Validation F1 of the full model (and, under LengthDrop, of the smallest sub-model) against the optimizer
+    step and the training cost in core-hours (wall time x threads), the stages chained in the given order.
+
+    ``elapsed_s`` in ``metrics.jsonl`` restarts when a run resumes, so time is summed over the increments
+    between consecutive log records and an increment that goes backwards starts a new segment.
+    """
+    points: list[dict[str, Any]] = []
+    step_offset, hours_offset = 0, 0.0
+    for stage, path in metrics.items():
+        if not Path(path).is_file():
+            continue
+        records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        last_elapsed, core_seconds, last_step = 0.0, 0.0, 0
+        for r in records:
+            if "elapsed_s" in r:
+                delta = r["elapsed_s"] - last_elapsed
+                core_seconds += (delta if delta >= 0 else r["elapsed_s"]) * threads.get(stage, 1)
+                last_elapsed = r["elapsed_s"]
+            if "eval_f1" in r:
+                points.append({
+                    "stage": stage,
+                    "step": step_offset + r["step"],
+                    "core_hours": round(hours_offset + core_seconds / 3600, 4),
+                    "f1": r["eval_f1"],
+                    "f1_smallest": r.get("eval_f1_smallest"),
+                    "smallest_length_config": r.get("smallest_length_config"),
+                    "questions": r.get("eval_questions"),
+                })
+            last_step = max(last_step, r.get("step", 0))
+        step_offset += last_step
+        hours_offset += core_seconds / 3600
+    return {"points": points, "total_core_hours": round(hours_offset, 4)}
+
+
+def plot_learning_curves(curves: dict[str, Any], path: Path) -> bool:
+    """Two panels, F1 against step and against core-hours; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = curves["points"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, x_key, x_label in ((axes[0], "step", "optimizer step"), (axes[1], "core_hours", "core-hours")):
+        for stage, marker in (("finetune", "o"), ("lengthdrop", "s")):
+            pts = [p for p in points if p["stage"] == stage]
+            if not pts:
+                continue
+            ax.plot([p[x_key] for p in pts], [p["f1"] for p in pts], marker=marker, label=f"{stage}: full model")
+            small = [p for p in pts if p["f1_smallest"] is not None]
+            if small:
+                ax.plot([p[x_key] for p in small], [p["f1_smallest"] for p in small], marker=marker,
+                        linestyle="--", label=f"{stage}: smallest sub-model")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("validation F1")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    questions = next((p["questions"] for p in points if p.get("questions")), None)
+    fig.suptitle(f"Learning curves (validation F1 on {questions} questions during training)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

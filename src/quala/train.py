@@ -119,9 +119,16 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (GPU)
     pad_to_max_length: bool = False  # pad every batch to max_seq_length instead of dynamic padding
+    freeze_word_embeddings: bool = False  # no gradient and no optimizer state for the (V, D) word embeddings
+    # torch.compile the per-layer FFN and attention-output blocks (dynamic shapes); the Drop-and-Restore
+    # control flow stays eager, so sub-models with new length configurations do not recompile
+    compile: bool = False
     threads: int | None = None  # CPU threads for torch
     log_every: int = 10
     eval_every: int | None = None  # optimizer steps between validations (None: end of each epoch)
+    # stop once this many validations in a row have not beaten the best full-length F1 (None: run to the end);
+    # the output directory keeps the best model either way
+    patience: int | None = None
     eval_batch_size: int = 32
     save_every: int = 200  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
@@ -149,6 +156,7 @@ class TrainConfig:
                 self.eval_every is None or self.eval_every >= 1,
                 f"eval_every must be >= 1, got {self.eval_every}",
             ),
+            (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
@@ -356,10 +364,18 @@ class Trainer:
         # the sub-models are sampled at the reference length; the "ratio" rule maps them to each row's length
         if ld.enabled and model.la_config.length_rule != "ratio":
             raise QualaError("LengthDrop with dynamic padding needs the model's length_rule 'ratio'")
+        if config.freeze_word_embeddings:
+            model.embeddings.word_embeddings.weight.requires_grad_(False)
+        if config.compile:
+            for layer in model.layers:
+                for block in (layer.attention.output, layer.intermediate, layer.output):
+                    block.compile(dynamic=True)
         decay, no_decay = [], []
         modules = [model] + ([self.intermediate] if self.intermediate is not None else [])
         for module in modules:
             for name, p in module.named_parameters():
+                if not p.requires_grad:
+                    continue
                 (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(p)
         optimizer = torch.optim.AdamW(
             [
@@ -570,6 +586,13 @@ class Trainer:
                 paused += time.perf_counter() - t_pause
                 if stop_after is not None and steps_run >= stop_after:
                     raise TrainingInterrupted(f"stopped after {steps_run} steps")
+                if self._plateaued(usable // cfg.grad_accum):
+                    self._log({"step": self.step, "early_stop": True, "best_step": self.best_step})
+                    break
+            if self._plateaued(usable // cfg.grad_accum):
+                if self.step % cfg.save_every != 0:
+                    self._save_checkpoint()
+                break
             if self.micro >= usable:
                 self.epoch += 1
                 self.micro = 0
@@ -585,6 +608,14 @@ class Trainer:
             round(total_examples / max(seconds - paused, 1e-9), 3),
             str(self.out),
         )
+
+    def _plateaued(self, steps_per_epoch: int) -> bool:
+        """True once ``patience`` validations in a row have not improved the best full-length F1."""
+        cfg = self.config
+        if not cfg.patience or self.best_step is None:
+            return False
+        every = cfg.eval_every or max(1, steps_per_epoch)
+        return self.step - self.best_step >= cfg.patience * every
 
     def _trainable(self):
         params = list(self.model.parameters())
