@@ -85,3 +85,37 @@ def test_bad_input_exits_2_with_one_line(args, message, tiny_model_dir, tmp_path
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0]
     assert "Traceback" not in err
+
+
+def test_evaluate_refuses_a_directory_as_output_before_any_work(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import quala.engine
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(quala.engine, "load_predictor", must_not_load)
+    (tmp_path / "outdir").mkdir()
+    for flag in ("--predictions-out", "--metrics-out"):
+        code, out, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", DEMO_DIR / "dev.json",
+                                  flag, tmp_path / "outdir", "--no-progress"], capsys)
+        assert code == 2 and out == ""
+        assert err.strip().splitlines() == [f"error: {flag} {tmp_path / 'outdir'} is a directory; give a file path "
+                                            f"such as {tmp_path / 'outdir' / 'out.json'}"]
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", DEMO_DIR / "dev.json",
+                            "--metrics-out", tmp_path / "afile" / "m.json", "--no-progress"], capsys)
+    assert code == 2 and "is a file, not a directory" in err and "Traceback" not in err
+
+
+def test_evaluate_prints_scores_even_when_writing_fails(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import quala.evaluate
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(quala.evaluate, "write_json_atomic", full_disk)
+    code, out, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", DEMO_DIR / "dev.json",
+                              "--articles", "0:1", "--metrics-out", tmp_path / "m.json", "--no-progress"], capsys)
+    assert code == 2
+    assert "f1" in json.loads(out.strip().splitlines()[-1])  # the finished scores were not lost
+    assert err.strip().splitlines() == [f"error: could not write {tmp_path / 'm.json'}: No space left on device"]

@@ -68,20 +68,24 @@ def evaluate(
     from quala.engine import load_predictor
     from quala.evaluate import evaluate as run_eval
     from quala.evaluate import write_outputs
+    from quala.io import check_output_file
     from quala.model import parse_length_config
 
     if batch_size < 1:
         raise QualaError(f"--batch-size must be >= 1, got {batch_size}")
+    for path, flag in ((predictions_out, "--predictions-out"), (metrics_out, "--metrics-out")):
+        if path is not None:
+            check_output_file(path, flag)
     squad = load_squad(data, articles, max_examples)
     predictor = load_predictor(model, backend=backend, threads=threads)
     lengths = parse_length_config(
         length_config, predictor.model_config.num_hidden_layers, predictor.la_config.reference_length
     )
     result, predictions = run_eval(predictor, squad, lengths, EvalConfig(batch_size=batch_size), progress=progress)
-    write_outputs(result, predictions, metrics_out, predictions_out)
     out = result.to_dict()
     out["data"] = squad.describe()
-    _emit(out)
+    _emit(out)  # printed first: a failed write below must not lose the finished scores
+    write_outputs(result, predictions, metrics_out, predictions_out)
 
 
 @app.command()

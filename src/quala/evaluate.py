@@ -89,7 +89,11 @@ def evaluate_features(
 def write_outputs(
     result: EvalResult, predictions: dict[str, str], metrics_out: Path | None, predictions_out: Path | None
 ) -> None:
-    if predictions_out is not None:
-        write_json_atomic(predictions_out, predictions)
-    if metrics_out is not None:
-        write_json_atomic(metrics_out, result.to_dict())
+    """Write the finished results; a failure to write is a :class:`QualaError` naming the file."""
+    for path, obj in ((predictions_out, predictions), (metrics_out, result.to_dict())):
+        if path is None:
+            continue
+        try:
+            write_json_atomic(path, obj)
+        except OSError as exc:
+            raise QualaError(f"could not write {path}: {exc.strerror or exc}") from None

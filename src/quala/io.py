@@ -54,6 +54,22 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse, before any work, an output file path that cannot be written: a directory, or a parent that is a
+    file or not writable. Missing parent directories are fine (they are created at write time)."""
+    from quala.errors import QualaError
+
+    path = Path(path)
+    if path.is_dir():
+        raise QualaError(f"{flag} {path} is a directory; give a file path such as {path / 'out.json'}")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise QualaError(f"{flag} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise QualaError(f"{flag} {path}: {parent} is not writable; choose another path")
+    return path
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
