@@ -494,3 +494,22 @@ def test_cli_search_runs_the_cpu_preset_shape(tmp_path, tiny_model_dir):
     assert settings["population"] == 10 and settings["iterations"] == 1  # preset, then CLI overrides
     assert settings["predictor"] == "linear"
     assert settings["latency"]["repeats"] == 1 and settings["latency"]["warmup"] == 1
+
+
+def test_attach_refuses_installed_packages_before_any_work(tmp_path, tiny_model_dir, monkeypatch):
+    """packaged:minilm lives in site-packages: --attach must not write search.json there (nor anywhere else)."""
+    import quala.data
+    from quala.search import search
+
+    def must_not_load(*a, **k):
+        raise AssertionError("data was loaded before --attach was checked")
+
+    monkeypatch.setattr(quala.data, "load_squad", must_not_load)
+    config = SearchConfig(population=3, iterations=1, mutations=1, crossovers=1, max_examples=4)
+    with pytest.raises(QualaError, match=r"would write into the installed package at .*site-packages.*copy the model"):
+        search("packaged:minilm", str(DEMO_DEV), "0:1", tmp_path / "out", config, attach=True, progress=False)
+    fake = tmp_path / "venv" / "lib" / "site-packages" / "somepkg" / "model"
+    shutil.copytree(tiny_model_dir, fake)
+    with pytest.raises(QualaError, match=r"cp -r .* somepkg\) and search --model somepkg --attach"):
+        search(str(fake), str(DEMO_DEV), "0:1", tmp_path / "out", config, attach=True, progress=False)
+    assert not (tmp_path / "out").exists() and not (fake / "search.json").exists()

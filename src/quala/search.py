@@ -674,6 +674,26 @@ def spread_subset(data: Any, max_examples: int | None) -> Any:
     return dataclasses.replace(data, examples=picked)
 
 
+def check_attachable(name: str, path: str) -> None:
+    """``--attach`` writes ``search.json`` into the model directory: refuse hub names and installed packages
+    (a packaged model, or any directory inside site-packages), and say where to copy the model instead."""
+    import quala
+
+    resolved = Path(path).resolve()
+    if not resolved.is_dir():
+        raise QualaError(f"--attach needs a local model directory, got {name!r}")
+    installed = [Path(quala.__file__).resolve().parent]
+    inside = any(part in ("site-packages", "dist-packages") for part in resolved.parts) or any(
+        resolved.is_relative_to(root) for root in installed
+    )
+    if inside:
+        copy = Path(resolved.name if resolved.name != "model" else resolved.parent.name)
+        raise QualaError(
+            f"--attach would write into the installed package at {resolved}; copy the model to a directory of "
+            f"your own first (cp -r {resolved} {copy}) and search --model {copy} --attach"
+        )
+
+
 def _weights_fingerprint(model: str) -> str:
     """Names, sizes and modification times of a model directory's weight files (detects a retrained model)."""
     path = Path(model)
@@ -711,8 +731,8 @@ def search(
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise QualaError(f"--output {output} exists and is not a directory")
-    if attach and not Path(resolve_model_path(model)).is_dir():
-        raise QualaError(f"--attach needs a local model directory, got {model!r}")
+    if attach:
+        check_attachable(model, resolve_model_path(model))
     data = spread_subset(load_squad(data_file, articles), config.max_examples)
     predictor = load_predictor(model, backend=backend, threads=config.evaluation.threads)
     length = int(predictor.la_config.reference_length)
