@@ -150,3 +150,37 @@ def test_learning_curves_chain_stages_and_survive_a_resume(tmp_path):
     assert curves["total_core_hours"] == 3.5
     assert plot_learning_curves(curves, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_rerun_redoes_the_stage_and_every_later_one(tmp_path, monkeypatch):
+    """--rerun finetune must train again (not resume its final checkpoint) and redo everything built on it."""
+    from quala.pipeline import Pipeline, load_pipeline_config
+
+    calls: list[str] = []
+
+    def fake(stage):
+        def run(self, progress):
+            calls.append(stage)
+            out = self.dir(stage)
+            assert not (out / "old-output").exists(), f"{stage} ran on top of its previous output"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "old-output").write_text(stage)
+            return {}
+        return run
+
+    for stage in STAGES:
+        monkeypatch.setattr(Pipeline, f"_{stage}", fake(stage))
+    settings = load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "run")})
+    Pipeline(settings).run(progress=False)
+    assert calls == list(STAGES)
+    calls.clear()
+    Pipeline(load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "run")})).run(progress=False)
+    assert calls == []  # resume: all complete
+    state = Pipeline(load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "run")})).run(
+        progress=False, rerun=("lengthdrop",))
+    assert calls == list(STAGES[1:])  # finetune kept, lengthdrop and everything after it redone
+    assert list(state["completed"]) == list(STAGES)
+    calls.clear()
+    Pipeline(load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "run")})).run(
+        progress=False, rerun=("benchmark",))
+    assert calls == ["benchmark", "report"]

@@ -624,7 +624,8 @@ def pipeline(
                                       "benchmark,report.")
     ] = None,
     rerun: Annotated[
-        str | None, typer.Option(help="Comma-separated completed stages to run again (e.g. benchmark,report).")
+        str | None, typer.Option(help="Comma-separated stages to redo from scratch (their output is removed); "
+                                      "every later stage runs again too.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:

@@ -168,8 +168,7 @@ class Pipeline:
         unknown = [s for s in rerun if s not in STAGES]
         if unknown:
             raise QualaError(f"unknown stage(s) {unknown} in --rerun; stages are {list(STAGES)}")
-        for stage in rerun:
-            self.state["completed"].pop(stage, None)
+        self._invalidate(rerun)
         # Under `accelerate launch` / `torchrun` every process runs this; only training is data-parallel, and only
         # the main process records state.
         world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -197,6 +196,26 @@ class Pipeline:
         if main:
             write_manifest(self.root, "pipeline", stages=self.config.stages)
         return self.state
+
+    def _invalidate(self, rerun: tuple[str, ...]) -> None:
+        """A re-run stage starts from scratch (its old output, checkpoints included, is removed: otherwise
+        training would resume from its final checkpoint and do nothing), and every later stage, which was built
+        on its output, is marked as needing a re-run too."""
+        if not rerun:
+            return
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise QualaError("--rerun clears stage outputs: run it in one process, then launch the training")
+        first = min(STAGES.index(s) for s in rerun)
+        for stage in STAGES[first:]:
+            done = self.state["completed"].pop(stage, None) is not None
+            if self.dir(stage).exists():  # a stale or partial output would be resumed instead of redone
+                shutil.rmtree(self.dir(stage))
+            if stage in rerun:
+                print(f"[pipeline] {stage}: previous output removed, will run again", flush=True)
+            elif done:
+                print(f"[pipeline] {stage}: built on {STAGES[first]}, will run again", flush=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.state_path, self.state)
 
     # ---------------------------------------------------------------------------------------- stages
     def _train(self, section: TrainConfig, model: str, out: Path, progress: bool, length_drop: bool) -> dict:
