@@ -99,3 +99,19 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = old
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+# CI sets QUALA_REQUIRE_BROWSER=1: there the browser test must run, so its skip (playwright or chromium missing)
+# is turned into a failure instead of a green run that never opened the page.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and os.environ.get("QUALA_REQUIRE_BROWSER") == "1"
+        and Path(str(item.fspath)).name == "test_serve_browser.py"
+    ):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"QUALA_REQUIRE_BROWSER=1 but the browser test skipped: {reason}"
