@@ -99,9 +99,8 @@ def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> Non
     dynamic = {n: {0: "batch", 1: "sequence"} for n in names if n != "length_config"}
     dynamic.update({"start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"}})
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # TracerWarnings about shape-dependent Python values we handle as tensors
+        # TracerWarnings about shape-dependent Python values, which the model handles as tensors when tracing
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             args,
@@ -135,7 +134,7 @@ def export_full_length(
     """Export the full-length encoder and fuse it with ONNX Runtime's transformer optimizer.
 
     Returns the fused-operator counts (``None`` without ``optimize``). Fusion needs eager attention and the
-    legacy exporter (docs: cpu-inference-notes.md); a lost fusion raises, so it cannot go unnoticed.
+    legacy exporter (docs/inference.md); a lost fusion raises, so it cannot go unnoticed.
     """
     path = Path(path)
     names = _input_names(model)
