@@ -191,10 +191,6 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------- results
-class TrainingInterrupted(RuntimeError):
-    """Raised by ``Trainer.train(stop_after=N)``: simulates a run killed after N optimizer steps."""
-
-
 @dataclass
 class TrainResult:
     """Summary of a run; ``examples_per_second`` counts training features, not validation or checkpoints."""
@@ -513,8 +509,8 @@ class Trainer:
         return logged
 
     # ----------------------------------------------------------------------------------------- loop
-    def train(self, stop_after: int | None = None) -> TrainResult:
-        """Run to ``total_steps``. ``stop_after`` raises after that many steps (tests simulate a crash)."""
+    def train(self) -> TrainResult:
+        """Run to ``total_steps`` (or until validation F1 plateaus, with ``patience``)."""
         from tqdm.auto import tqdm
 
         acc, cfg = self.accelerator, self.config
@@ -538,7 +534,7 @@ class Trainer:
         paused = 0.0
         window: list[dict[str, float]] = []
         window_examples, window_t0 = 0, time.perf_counter()
-        total_examples, steps_run = 0, 0
+        total_examples = 0
         while self.step < self.total_steps:
             batches = self._epoch_batches(self.epoch)
             usable = len(batches) // cfg.grad_accum * cfg.grad_accum or len(batches)
@@ -554,7 +550,6 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.micro += len(group)
                 self.step += 1
-                steps_run += 1
                 window.append({k: float(np.mean([s[k] for s in step_logs])) for k in step_logs[0]})
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
@@ -584,8 +579,6 @@ class Trainer:
                     self._save_checkpoint()
                 window_t0 += time.perf_counter() - t_pause
                 paused += time.perf_counter() - t_pause
-                if stop_after is not None and steps_run >= stop_after:
-                    raise TrainingInterrupted(f"stopped after {steps_run} steps")
                 if self._plateaued(usable // cfg.grad_accum):
                     self._log({"step": self.step, "early_stop": True, "best_step": self.best_step})
                     break
