@@ -143,11 +143,6 @@ class OnnxPredictor:
 _BACKENDS: dict[str, Any] = {"torch": TorchPredictor, "onnxruntime": OnnxPredictor}
 
 
-def register_backend(name: str, factory: Any) -> None:
-    """Make ``factory.from_pretrained(path, threads=...)`` loadable as backend ``name``."""
-    _BACKENDS[name] = factory
-
-
 def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
     """Load a model directory with the given backend (``auto``: what the directory's manifest says)."""
     if backend == "auto":
