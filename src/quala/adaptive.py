@@ -1,0 +1,232 @@
+"""Load-adaptive serving: choose each request's length configuration so that it finishes within a latency target.
+
+A length-adaptive model is one set of weights for every point of its accuracy/efficiency front (LAT §4,
+QuaLA-MiniLM §3.3). ``quala serve --target-p95-ms T`` uses that under load: a request that carries no budget of
+its own gets the most accurate front configuration whose predicted completion time, the engine time already queued
+ahead of it plus the configuration's own time, stays within ``HEADROOM * T``. With an empty queue that is the
+``accurate`` preset; as the queue grows, requests get cheaper configurations, so the queue drains instead of
+growing and the server keeps answering (docs/serving.md).
+
+Three small pieces, each testable with a fake clock and a fake front:
+
+- :class:`CostModel`: engine seconds of one call at a configuration and batch size. Calibrated when the server
+  starts (every front point timed on the real engine at batch 1 and at ``CALIBRATION_BATCH``), then rescaled
+  online by an EWMA of observed / predicted time, which absorbs inputs longer or shorter than the calibration
+  text and other processes on the machine.
+- :class:`Backlog`: the predicted engine seconds ahead of a new request (rest of the running call + queued jobs).
+- :class:`LatencyTarget`: the choice itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from quala.budget import FrontPoint, accuracy_key
+
+HEADROOM = 0.8  # plan for 80% of the target; the rest absorbs inputs longer than average and HTTP time
+CALIBRATION_BATCH = 8  # second batch size timed at start-up; larger batches are extrapolated linearly
+CALIBRATION_REPS = 3  # batch-1 timings per configuration (median), interleaved over the front
+EWMA_ALPHA = 0.1  # weight of the newest observed/predicted ratio
+RATIO_CLIP = (0.2, 5.0)  # one stalled call (GC, page faults) must not swing the scale by more than this
+CALIBRATION_DATA = "assets/demo/dev.json"  # packaged questions timed at start-up
+
+log = logging.getLogger("quala.serve")
+
+Key = tuple[int, ...] | None  # a length configuration as a dict key (None: full length)
+
+
+def config_key(length_config: Sequence[int] | None) -> Key:
+    return tuple(int(c) for c in length_config) if length_config is not None else None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Engine time of one call at one configuration: ``first_s + (n - 1) * extra_s`` for ``n`` questions."""
+
+    first_s: float
+    extra_s: float
+
+    def seconds(self, n: int) -> float:
+        return self.first_s + (max(n, 1) - 1) * self.extra_s
+
+
+class CostModel:
+    """Predicted engine seconds per (configuration, batch size): calibrated costs times an online scale.
+
+    A configuration that was not calibrated (an explicit ``length_config`` off the front) is interpolated
+    by its MACs between the calibrated ones (clamped at the ends).
+    """
+
+    def __init__(
+        self, costs: dict[Key, Cost], macs: dict[Key, int], macs_of: Callable[[Key], int], alpha: float = EWMA_ALPHA
+    ):
+        if not costs or set(costs) != set(macs):
+            raise ValueError("give a cost and the MACs of every calibrated configuration")
+        self.costs = costs
+        self.macs = macs
+        self.macs_of = macs_of
+        self.alpha = alpha
+        self.scale = 1.0  # EWMA of observed / calibrated time
+        order = sorted(costs, key=lambda k: macs[k])
+        self._grid = (
+            np.array([macs[k] for k in order], dtype=float),
+            np.array([costs[k].first_s for k in order]),
+            np.array([costs[k].extra_s for k in order]),
+        )
+
+    def cost(self, length_config: Sequence[int] | None) -> Cost:
+        key = config_key(length_config)
+        if key in self.costs:
+            return self.costs[key]
+        x, first, extra = self._grid
+        m = float(self.macs_of(key))
+        return Cost(float(np.interp(m, x, first)), float(np.interp(m, x, extra)))
+
+    def predict(self, length_config: Sequence[int] | None, n: int) -> float:
+        """Seconds of one engine call answering ``n`` questions at ``length_config``."""
+        return self.scale * self.cost(length_config).seconds(n)
+
+    def observe(self, length_config: Sequence[int] | None, n: int, seconds: float) -> None:
+        """Fold one measured engine call into the scale."""
+        ratio = float(np.clip(seconds / self.cost(length_config).seconds(n), *RATIO_CLIP))
+        self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
+
+    def table(self) -> list[dict[str, Any]]:
+        """The calibrated costs, cheapest first (GET /v1/model)."""
+        return [
+            {
+                "length_config": list(k) if k is not None else None,
+                "first_ms": round(c.first_s * 1000, 3),
+                "extra_ms": round(c.extra_s * 1000, 3),
+            }
+            for k, c in sorted(self.costs.items(), key=lambda kc: self.macs[kc[0]])
+        ]
+
+
+def calibration_items(n: int = CALIBRATION_BATCH) -> list[tuple[str, str]]:
+    """``n`` (question, context) pairs from the packaged demo data (written for QuaLA, CC0)."""
+    from quala.data import load_squad
+
+    examples = load_squad(str(resources.files("quala") / CALIBRATION_DATA)).examples
+    step = max(1, len(examples) // n)  # spread over the paragraphs
+    return [(ex.question, ex.context) for ex in examples[::step][:n]]
+
+
+def calibrate(
+    engine: Any,
+    front: Sequence[FrontPoint],
+    items: Sequence[tuple[str, str]],
+    batch: int = CALIBRATION_BATCH,
+    reps: int = CALIBRATION_REPS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> CostModel:
+    """Time every front point on ``engine``: the median of ``reps`` single questions and one call of ``batch``.
+
+    Rounds go over the whole front (not one point at a time) so that a slow moment of the machine does not
+    fall on one configuration only.
+    """
+    batch = max(1, min(batch, len(items)))
+
+    def timed(lc: list[int] | None, chunk: Sequence[tuple[str, str]]) -> float:
+        t0 = clock()
+        engine.answer_batch(list(chunk), length_config=lc if lc is not None else "full")
+        return clock() - t0
+
+    timed(None, items[:1])  # warm-up: first-call allocations and lazy initialisation
+    singles: dict[Key, list[float]] = {config_key(p.length_config): [] for p in front}
+    for r in range(reps):
+        for p in front:
+            singles[config_key(p.length_config)].append(timed(p.length_config, [items[r % len(items)]]))
+    costs: dict[Key, Cost] = {}
+    for p in front:
+        key = config_key(p.length_config)
+        first = statistics.median(singles[key])
+        extra = max(0.0, (timed(p.length_config, items[:batch]) - first) / (batch - 1)) if batch > 1 else first
+        costs[key] = Cost(first, extra)
+    macs = {config_key(p.length_config): p.macs for p in front}
+    return CostModel(costs, macs, lambda key: engine.macs(key))
+
+
+class Backlog:
+    """Predicted engine seconds ahead of a new request: the rest of the running call plus every queued job."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.queued_s = 0.0
+        self.questions = 0  # queued questions
+        self._busy_until: float | None = None
+
+    def add(self, seconds: float, questions: int) -> None:
+        self.queued_s += seconds
+        self.questions += questions
+
+    def remove(self, seconds: float, questions: int) -> None:
+        self.questions -= questions
+        self.queued_s = max(0.0, self.queued_s - seconds) if self.questions > 0 else 0.0
+
+    def start(self, seconds: float) -> None:
+        """The worker took jobs off the queue that it predicts will take ``seconds``."""
+        self._busy_until = self.clock() + seconds
+
+    def finish(self) -> None:
+        self._busy_until = None
+
+    def wait_s(self) -> float:
+        running = max(0.0, self._busy_until - self.clock()) if self._busy_until is not None else 0.0
+        return running + self.queued_s
+
+
+@dataclass
+class LatencyTarget:
+    """Pick, per request, the most accurate front point predicted to finish within ``HEADROOM * target_s``."""
+
+    target_s: float
+    front: list[FrontPoint]
+    cost: CostModel
+    backlog: Backlog
+
+    def __post_init__(self) -> None:
+        self.ranked = sorted(self.front, key=accuracy_key, reverse=True)  # the `accurate` preset first
+
+    @classmethod
+    def calibrated(cls, engine: Any, target_s: float, clock: Callable[[], float] = time.perf_counter) -> LatencyTarget:
+        """Time ``engine``'s front (:func:`calibrate`) and log the costs it found."""
+        cost = calibrate(engine, engine.front, calibration_items())
+        target = cls(target_s, list(engine.front), cost, Backlog(clock))
+        for row in cost.table():
+            log.info(
+                "latency target: %s takes %.1f ms + %.1f ms per further question",
+                row["length_config"] or "full length",
+                row["first_ms"],
+                row["extra_ms"],
+            )
+        best = target.ranked[0]
+        if cost.predict(best.length_config, 1) > HEADROOM * target_s:
+            log.warning(
+                "the most accurate configuration takes %.1f ms, more than %.0f%% of the %.1f ms target: "
+                "even an idle server will answer with a cheaper one",
+                1000 * cost.predict(best.length_config, 1),
+                100 * HEADROOM,
+                1000 * target_s,
+            )
+        return target
+
+    def choose(self, batch: int = 1) -> FrontPoint:
+        """The configuration for a request that will run in a call of ``batch`` questions.
+
+        When nothing fits (the queue alone is longer than the target), the fastest configuration: the request
+        is still answered, as early as possible, and the next ones see a shorter queue.
+        """
+        budget = HEADROOM * self.target_s - self.backlog.wait_s()
+        for p in self.ranked:
+            if self.cost.predict(p.length_config, batch) <= budget:
+                return p
+        return min(self.front, key=lambda p: self.cost.predict(p.length_config, batch))
