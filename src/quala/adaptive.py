@@ -112,12 +112,18 @@ class CostModel:
 
 
 def calibration_items(n: int = CALIBRATION_BATCH) -> list[tuple[str, str]]:
-    """``n`` (question, context) pairs from the packaged demo data (written for QuaLA, CC0)."""
+    """``n`` (question, context) pairs from the packaged demo data (written for QuaLA, CC0).
+
+    Each context is two consecutive demo paragraphs (~800 characters, about the median SQuAD paragraph): the
+    configurations' relative costs depend on the input length, and one paragraph (~400) is shorter than most.
+    """
     from quala.data import load_squad
 
     examples = load_squad(str(resources.files("quala") / CALIBRATION_DATA)).examples
-    step = max(1, len(examples) // n)  # spread over the paragraphs
-    return [(ex.question, ex.context) for ex in examples[::step][:n]]
+    first_question = {ex.context: ex.question for ex in reversed(examples)}
+    paragraphs = list(first_question)[::-1]
+    pairs = [(first_question[p], p + "\n" + paragraphs[(i + 1) % len(paragraphs)]) for i, p in enumerate(paragraphs)]
+    return pairs[:n]
 
 
 def calibrate(
