@@ -8,28 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import astuple
 
 import pytest
 from conftest import run_cli
 from fastapi.testclient import TestClient
 from test_serve import CONTEXT, LIMITS, QUESTION, front_model_dir  # noqa: F401 - the fixture is used by name
 
-from quala.adaptive import HEADROOM, Backlog, Cost, CostModel, LatencyTarget, calibrate, config_key
+from quala.adaptive import HEADROOM, Backlog, CostModel, LatencyTarget, Line, calibrate, config_key
 from quala.budget import Budget, FrontPoint, resolve_budget
 from quala.engine import Answer
 
-# A fake front. The most accurate point is not the most expensive one, so "accurate" differs from "full".
-CHEAP = FrontPoint([100, 80], 70.0, 100, 5.0)
-MID = FrontPoint([200, 150], 74.0, 200, 20.0)
-BEST = FrontPoint([300, 250], 76.0, 300, 35.0)
+# A fake front whose MACs are half the sum of the token counts (FULL: 400). The most accurate point is not the
+# most expensive one, so "accurate" differs from "full".
+CHEAP = FrontPoint([120, 80], 70.0, 100, 5.0)
+MID = FrontPoint([220, 180], 74.0, 200, 20.0)
+BEST = FrontPoint([320, 280], 76.0, 300, 35.0)
 FULL = FrontPoint(None, 75.5, 400, 50.0)
 FRONT = [CHEAP, MID, BEST, FULL]
-# Engine seconds at batch 1, and per further question in the same call.
-COSTS = {
-    config_key(p.length_config): c
-    for p, c in zip(FRONT, [Cost(0.010, 0.005), Cost(0.040, 0.020), Cost(0.070, 0.035), Cost(0.100, 0.050)])
-}
+FIRST = Line(0.004, 0.0002)  # one question: CHEAP 24 ms, MID 44, BEST 64, FULL 84
+EXTRA = Line(0.0, 0.0001)  # each further question in the call: CHEAP 10 ms, MID 20, BEST 30, FULL 40
 TARGET_S = 0.150  # plans for HEADROOM * 150 ms = 120 ms
+
+
+def fake_macs(key) -> int:
+    return 400 if key is None else sum(key) // 2
 
 
 class FakeClock:
@@ -40,28 +43,28 @@ class FakeClock:
         return self.t
 
 
-def cost_model() -> CostModel:
-    return CostModel(
-        dict(COSTS), {config_key(p.length_config): p.macs for p in FRONT}, macs_of=lambda key: sum(key) // 2
-    )
-
-
 def target(clock: FakeClock) -> LatencyTarget:
-    return LatencyTarget(TARGET_S, FRONT, cost_model(), Backlog(clock))
+    return LatencyTarget(TARGET_S, FRONT, CostModel(FIRST, EXTRA, fake_macs), Backlog(clock))
 
 
 # ------------------------------------------------------------------------------------------ unit
-def test_cost_model_predicts_interpolates_and_rescales():
-    cost = cost_model()
-    assert cost.predict(MID.length_config, 1) == pytest.approx(0.040)
-    assert cost.predict(MID.length_config, 4) == pytest.approx(0.040 + 3 * 0.020)
-    # off the front: [260, 240] has 250 MACs (fake macs_of), halfway between MID and BEST
-    assert cost.predict([260, 240], 1) == pytest.approx(0.055)
-    assert cost.predict([500, 500], 1) == pytest.approx(0.100)  # 500 MACs: clamped to the most expensive
-    cost.observe(MID.length_config, 1, 0.080)  # twice the calibrated time
+def test_line_fit():
+    assert astuple(Line.fit([100, 200, 300], [0.024, 0.044, 0.064])) == pytest.approx((0.004, 0.0002))
+    assert Line.fit([100, 200], [0.05, 0.03]) == Line(0.04, 0.0)  # falling with MACs: noise, the mean
+    fitted = Line.fit([100, 200], [0.01, 0.03])  # the line would cross 0 at 150 MACs: through 0 instead
+    assert fitted.intercept == 0.0 and fitted.slope == pytest.approx((100 * 0.01 + 200 * 0.03) / (100**2 + 200**2))
+    assert astuple(Line.fit([400], [0.08])) == pytest.approx((0.0, 0.0002))  # one point
+
+
+def test_cost_model_predicts_and_rescales():
+    cost = CostModel(FIRST, EXTRA, fake_macs)
+    assert cost.predict(MID.length_config, 1) == pytest.approx(0.044)
+    assert cost.predict(MID.length_config, 4) == pytest.approx(0.044 + 3 * 0.020)
+    assert cost.predict([260, 240], 1) == pytest.approx(0.054)  # off the front: 250 MACs, on the same line
+    cost.observe(MID.length_config, 1, 0.088)  # twice the calibrated time
     assert cost.scale == pytest.approx(0.9 * 1.0 + 0.1 * 2.0)
-    assert cost.predict(CHEAP.length_config, 1) == pytest.approx(1.1 * 0.010)  # one scale for every point
-    cost.observe(MID.length_config, 1, 4.0)  # a 100x stall counts as 5x (RATIO_CLIP)
+    assert cost.predict(CHEAP.length_config, 1) == pytest.approx(1.1 * 0.024)  # one scale for every point
+    cost.observe(MID.length_config, 1, 4.4)  # a 100x stall counts as 5x (RATIO_CLIP)
     assert cost.scale == pytest.approx(0.9 * 1.1 + 0.1 * 5.0)
 
 
@@ -70,12 +73,12 @@ def test_choice_follows_the_queue_state():
     assert HEADROOM * TARGET_S == pytest.approx(0.120)
     clock = FakeClock()
     t = target(clock)
-    assert t.choose() == BEST  # idle: 70 ms fits
+    assert t.choose() == BEST  # idle: 64 ms fits
     t.backlog.start(0.100)  # a 100 ms call starts at t=0
     clock.t = 0.020  # 80 ms of it left
     t.backlog.add(0.010, 1)  # and one queued 10 ms job: wait 90 ms, 30 ms left
     assert t.backlog.wait_s() == pytest.approx(0.090)
-    assert t.choose() == CHEAP  # MID (40 ms) no longer fits
+    assert t.choose() == CHEAP  # MID (44 ms) no longer fits
     clock.t = 0.070  # 30 ms of the call left: wait 40 ms, 80 ms left
     assert t.choose() == BEST
     t.backlog.add(0.045, 1)  # wait 85 ms, 35 ms left
@@ -93,7 +96,7 @@ def test_choice_follows_the_queue_state():
 
 def test_choice_accounts_for_the_batch_size():
     t = target(FakeClock())
-    # 4 questions in one call: BEST 70 + 3 * 35 = 175 ms, MID 40 + 3 * 20 = 100 ms
+    # 4 questions in one call: BEST 64 + 3 * 30 = 154 ms, FULL 204 ms, MID 44 + 3 * 20 = 104 ms
     assert t.choose(batch=4) == MID
     assert t.choose(batch=1) == BEST
 
@@ -104,35 +107,35 @@ def test_choice_accounts_for_the_batch_size():
     ids=["four", "full-best", "one", "no-front"],
 )
 def test_no_load_choice_is_the_accurate_preset(front):
-    costs = cost_model()
-    t = LatencyTarget(TARGET_S, front, costs, Backlog(FakeClock()))
+    t = LatencyTarget(TARGET_S, front, CostModel(FIRST, EXTRA, fake_macs), Backlog(FakeClock()))
     accurate = resolve_budget(front, Budget(preset="accurate"), full_macs=400)
     assert t.choose() == accurate
 
 
-def test_calibration_times_each_point_at_two_batch_sizes():
-    """A fake engine advances a fake clock by each configuration's known cost; calibration recovers it."""
+def test_calibration_times_each_point_and_fits_lines():
+    """A fake engine advances a fake clock by each configuration's known cost; calibration recovers the lines."""
     clock = FakeClock()
     calls = []
+    cost = CostModel(FIRST, EXTRA, fake_macs)
 
     class Engine:
         def answer_batch(self, items, length_config):
-            point = next(p for p in FRONT if (p.length_config or "full") == length_config)
-            calls.append((config_key(point.length_config), len(items)))
+            key = None if length_config == "full" else config_key(length_config)
+            calls.append((key, len(items)))
             slow = 1.5 if len(calls) == 3 else 1.0  # one slow repetition: the median ignores it
-            clock.t += slow * COSTS[config_key(point.length_config)].seconds(len(items))
+            clock.t += slow * cost.calibrated(key, len(items))
 
         def macs(self, key):
-            return 0
+            return fake_macs(key)
 
     items = [(f"q{i}", "c") for i in range(8)]
-    cost = calibrate(Engine(), FRONT, items, batch=8, reps=3, clock=clock)
-    for key, c in COSTS.items():
-        got = cost.costs[key]
-        assert got.first_s == pytest.approx(c.first_s) and got.extra_s == pytest.approx(c.extra_s)
+    got = calibrate(Engine(), FRONT, items, batch=8, reps=3, clock=clock)
+    assert astuple(got.first) == pytest.approx(astuple(FIRST)) and got.extra.slope == pytest.approx(EXTRA.slope)
+    assert got.extra.intercept == pytest.approx(0.0, abs=1e-12)
     assert calls[0] == (None, 1)  # warm-up
     assert calls[1:5] == [(config_key(p.length_config), 1) for p in FRONT]  # rounds over the whole front
     assert calls[13:] == [(config_key(p.length_config), 8) for p in FRONT] and len(calls) == 17
+    assert [m["batch_1_ms"] for m in got.measured] == pytest.approx([24, 44, 64, 84])
 
 
 class BlockingEngine:
@@ -149,7 +152,7 @@ class BlockingEngine:
         lc = None if length_config == "full" else length_config
         self.configs.append(lc)
         point = next(p for p in FRONT if p.length_config == lc)
-        self.clock.t += 2 * COSTS[config_key(point.length_config)].seconds(len(items))
+        self.clock.t += 2 * CostModel(FIRST, EXTRA, fake_macs).calibrated(lc, len(items))
         return [Answer("x", 1.0, 0, 1, lc, point.macs, 1.0) for _ in items]
 
 
@@ -167,15 +170,15 @@ def test_worker_chooses_from_its_queue_and_explicit_configs_win():
         try:
             submit = worker.submit
             first = asyncio.ensure_future(submit([(QUESTION, CONTEXT)], AUTO, 1, mergeable=True))  # idle: BEST
-            await loop.run_in_executor(None, engine.started.wait, 30)  # running: 70 ms ahead
-            assert t.backlog.wait_s() == pytest.approx(0.070)
+            await loop.run_in_executor(None, engine.started.wait, 30)  # running: 64 ms ahead
+            assert t.backlog.wait_s() == pytest.approx(0.064)
             second = asyncio.ensure_future(submit([(QUESTION, CONTEXT)], AUTO, 1, mergeable=True))
-            await asyncio.sleep(0)  # 50 ms left of 120: MID (40 ms) -> 110 ms ahead
+            await asyncio.sleep(0)  # 56 ms left of 120: MID (44 ms) -> 108 ms ahead
             third = asyncio.ensure_future(submit([(QUESTION, CONTEXT)], None, 1, mergeable=True))
-            await asyncio.sleep(0)  # explicit full length although it does not fit -> 210 ms ahead
+            await asyncio.sleep(0)  # explicit full length although it does not fit (84 ms) -> 192 ms ahead
             fourth = asyncio.ensure_future(submit([(QUESTION, CONTEXT)], AUTO, 1, mergeable=True))
-            await asyncio.sleep(0)  # nothing fits: CHEAP
-            assert t.backlog.wait_s() == pytest.approx(0.220)
+            await asyncio.sleep(0)  # nothing fits: CHEAP (24 ms)
+            assert t.backlog.wait_s() == pytest.approx(0.216)
             engine.release.set()
             return [await f for f in (first, second, third, fourth)]
         finally:
@@ -192,8 +195,8 @@ def test_worker_chooses_from_its_queue_and_explicit_configs_win():
         scale = 0.9 * scale + 0.1 * 2.0
     assert t.cost.scale == pytest.approx(scale)
     # queue time on the fake clock: the fourth job waited for the three calls before it
-    assert served[3].queue_ms == pytest.approx(2000 * (0.070 + 0.040 + 0.100))
-    assert served[0].compute_ms == pytest.approx(2000 * 0.070)
+    assert served[3].queue_ms == pytest.approx(2000 * (0.064 + 0.044 + 0.084))
+    assert served[0].compute_ms == pytest.approx(2000 * 0.064)
 
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -225,14 +228,13 @@ def test_idle_server_answers_like_the_accurate_preset(target_client, engine):
     assert r.json()["answer"] == engine.answer(QUESTION, CONTEXT, budget="accurate").answer
     assert r.json()["queue_ms"] >= 0
     info = target_client.get("/v1/model").json()["latency_target"]
-    assert info["target_p95_ms"] == 60_000 and len(info["calibration"]) == len(engine.front)
+    assert info["target_p95_ms"] == 60_000 and len(info["cost_model"]["measured"]) == len(engine.front)
 
 
 def test_explicit_budgets_override_the_target(target_client, engine):
     worker = target_client.app.state.worker
     calibrated = worker.target.cost  # timings of a tiny model are noise: costs proportional to MACs instead
-    keys = {config_key(p.length_config): p.macs for p in engine.front}
-    worker.target.cost = CostModel({k: Cost(m / engine.full_macs, 0.0) for k, m in keys.items()}, keys, engine.macs)
+    worker.target.cost = CostModel(Line(0.0, 1 / engine.full_macs), Line(0.0, 0.0), engine.macs)
     worker.target.backlog.add(3600.0, 1)  # pretend an hour of work is queued: the target picks the cheapest
     try:
         cheapest = min(engine.front, key=lambda p: p.macs).length_config

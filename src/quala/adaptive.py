@@ -10,9 +10,10 @@ growing and the server keeps answering (docs/serving.md).
 Three small pieces, each testable with a fake clock and a fake front:
 
 - :class:`CostModel`: engine seconds of one call at a configuration and batch size. Calibrated when the server
-  starts (every front point timed on the real engine at batch 1 and at ``CALIBRATION_BATCH``), then rescaled
-  online by an EWMA of observed / predicted time, which absorbs inputs longer or shorter than the calibration
-  text and other processes on the machine.
+  starts: every front point is timed on the real engine at batch 1 and at ``CALIBRATION_BATCH``, and a line in
+  MACs (fixed overhead + time per MAC) is fitted through each batch size's timings, so that the noise of one
+  point's timing cannot rank it wrongly. Rescaled online by an EWMA of observed / predicted time, which absorbs
+  inputs longer or shorter than the calibration text and other processes on the machine.
 - :class:`Backlog`: the predicted engine seconds ahead of a new request (rest of the running call + queued jobs).
 - :class:`LatencyTarget`: the choice itself.
 """
@@ -48,67 +49,62 @@ def config_key(length_config: Sequence[int] | None) -> Key:
 
 
 @dataclass(frozen=True)
-class Cost:
-    """Engine time of one call at one configuration: ``first_s + (n - 1) * extra_s`` for ``n`` questions."""
+class Line:
+    """Seconds as an affine function of MACs, ``intercept + slope * macs``, both >= 0."""
 
-    first_s: float
-    extra_s: float
+    intercept: float
+    slope: float
 
-    def seconds(self, n: int) -> float:
-        return self.first_s + (max(n, 1) - 1) * self.extra_s
+    def __call__(self, macs: float) -> float:
+        return self.intercept + self.slope * macs
+
+    @classmethod
+    def fit(cls, macs: Sequence[float], seconds: Sequence[float]) -> Line:
+        """Least squares; a negative slope (noise) becomes the mean, a negative intercept a line through 0."""
+        x, y = np.asarray(macs, dtype=float), np.asarray(seconds, dtype=float)
+        if len(set(x)) < 2:  # one point: all of its time is proportional to its MACs
+            return cls(0.0, float(y.mean() / x.mean()))
+        slope, intercept = np.polyfit(x, y, 1)
+        if slope < 0:
+            return cls(float(y.mean()), 0.0)
+        if intercept < 0:
+            return cls(0.0, float(x @ y / (x @ x)))
+        return cls(float(intercept), float(slope))
 
 
 class CostModel:
-    """Predicted engine seconds per (configuration, batch size): calibrated costs times an online scale.
+    """Predicted engine seconds of one call: ``scale * (first(macs) + (n - 1) * extra(macs))`` for n questions.
 
-    A configuration that was not calibrated (an explicit ``length_config`` off the front) is interpolated
-    by its MACs between the calibrated ones (clamped at the ends).
+    ``first`` and ``extra`` are lines in the configuration's MACs (at the reference length), so a
+    ``length_config`` off the front is predicted the same way as the front's points; ``scale`` is the online
+    correction.
     """
 
-    def __init__(
-        self, costs: dict[Key, Cost], macs: dict[Key, int], macs_of: Callable[[Key], int], alpha: float = EWMA_ALPHA
-    ):
-        if not costs or set(costs) != set(macs):
-            raise ValueError("give a cost and the MACs of every calibrated configuration")
-        self.costs = costs
-        self.macs = macs
+    def __init__(self, first: Line, extra: Line, macs_of: Callable[[Key], int], alpha: float = EWMA_ALPHA):
+        self.first = first
+        self.extra = extra
         self.macs_of = macs_of
         self.alpha = alpha
         self.scale = 1.0  # EWMA of observed / calibrated time
-        order = sorted(costs, key=lambda k: macs[k])
-        self._grid = (
-            np.array([macs[k] for k in order], dtype=float),
-            np.array([costs[k].first_s for k in order]),
-            np.array([costs[k].extra_s for k in order]),
-        )
+        self.measured: list[dict[str, Any]] = []  # the calibration timings behind the lines (GET /v1/model)
+        self._macs: dict[Key, int] = {}
 
-    def cost(self, length_config: Sequence[int] | None) -> Cost:
+    def calibrated(self, length_config: Sequence[int] | None, n: int) -> float:
+        """Seconds of one call of ``n`` questions at ``length_config`` as calibrated (without the online scale)."""
         key = config_key(length_config)
-        if key in self.costs:
-            return self.costs[key]
-        x, first, extra = self._grid
-        m = float(self.macs_of(key))
-        return Cost(float(np.interp(m, x, first)), float(np.interp(m, x, extra)))
+        if key not in self._macs:
+            self._macs[key] = int(self.macs_of(key))
+        m = self._macs[key]
+        return self.first(m) + (max(n, 1) - 1) * self.extra(m)
 
     def predict(self, length_config: Sequence[int] | None, n: int) -> float:
         """Seconds of one engine call answering ``n`` questions at ``length_config``."""
-        return self.scale * self.cost(length_config).seconds(n)
+        return self.scale * self.calibrated(length_config, n)
 
     def observe(self, length_config: Sequence[int] | None, n: int, seconds: float) -> None:
         """Fold one measured engine call into the scale."""
-        ratio = float(np.clip(seconds / self.cost(length_config).seconds(n), *RATIO_CLIP))
+        ratio = float(np.clip(seconds / self.calibrated(length_config, n), *RATIO_CLIP))
         self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
-
-    def table(self) -> list[dict[str, Any]]:
-        """The calibrated costs, cheapest first (GET /v1/model)."""
-        return [
-            {
-                "length_config": list(k) if k is not None else None,
-                "first_ms": round(c.first_s * 1000, 3),
-                "extra_ms": round(c.extra_s * 1000, 3),
-            }
-            for k, c in sorted(self.costs.items(), key=lambda kc: self.macs[kc[0]])
-        ]
 
 
 def calibration_items(n: int = CALIBRATION_BATCH) -> list[tuple[str, str]]:
@@ -134,12 +130,13 @@ def calibrate(
     reps: int = CALIBRATION_REPS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> CostModel:
-    """Time every front point on ``engine``: the median of ``reps`` single questions and one call of ``batch``.
+    """Time every front point on ``engine`` (median of ``reps`` single questions, one call of ``batch``) and fit
+    the two lines in MACs.
 
     Rounds go over the whole front (not one point at a time) so that a slow moment of the machine does not
     fall on one configuration only.
     """
-    batch = max(1, min(batch, len(items)))
+    batch = max(2, min(batch, len(items)))
 
     def timed(lc: list[int] | None, chunk: Sequence[tuple[str, str]]) -> float:
         t0 = clock()
@@ -147,18 +144,31 @@ def calibrate(
         return clock() - t0
 
     timed(None, items[:1])  # warm-up: first-call allocations and lazy initialisation
-    singles: dict[Key, list[float]] = {config_key(p.length_config): [] for p in front}
+    singles: list[list[float]] = [[] for _ in front]
     for r in range(reps):
-        for p in front:
-            singles[config_key(p.length_config)].append(timed(p.length_config, [items[r % len(items)]]))
-    costs: dict[Key, Cost] = {}
-    for p in front:
-        key = config_key(p.length_config)
-        first = statistics.median(singles[key])
-        extra = max(0.0, (timed(p.length_config, items[:batch]) - first) / (batch - 1)) if batch > 1 else first
-        costs[key] = Cost(first, extra)
-    macs = {config_key(p.length_config): p.macs for p in front}
-    return CostModel(costs, macs, lambda key: engine.macs(key))
+        for i, p in enumerate(front):
+            singles[i].append(timed(p.length_config, [items[r % len(items)]]))
+    ones = [statistics.median(t) for t in singles]
+    many = [timed(p.length_config, items[:batch]) for p in front]
+    macs = [p.macs for p in front]
+    first = Line.fit(macs, ones)
+    at_batch = Line.fit(macs, many)
+    extra = Line(
+        max(0.0, (at_batch.intercept - first.intercept) / (batch - 1)),
+        max(0.0, (at_batch.slope - first.slope) / (batch - 1)),
+    )
+    cost = CostModel(first, extra, lambda key: engine.macs(key))
+    cost.measured = [
+        {
+            "length_config": p.length_config,
+            "macs": p.macs,
+            "batch_1_ms": round(1000 * t1, 3),
+            f"batch_{batch}_ms": round(1000 * tb, 3),
+            "fitted_batch_1_ms": round(1000 * first(p.macs), 3),
+        }
+        for p, t1, tb in zip(front, ones, many, strict=True)
+    ]
+    return cost
 
 
 class Backlog:
@@ -204,26 +214,40 @@ class LatencyTarget:
 
     @classmethod
     def calibrated(cls, engine: Any, target_s: float, clock: Callable[[], float] = time.perf_counter) -> LatencyTarget:
-        """Time ``engine``'s front (:func:`calibrate`) and log the costs it found."""
+        """Time ``engine``'s front (:func:`calibrate`) and log what it found."""
         cost = calibrate(engine, engine.front, calibration_items())
         target = cls(target_s, list(engine.front), cost, Backlog(clock))
-        for row in cost.table():
-            log.info(
-                "latency target: %s takes %.1f ms + %.1f ms per further question",
-                row["length_config"] or "full length",
-                row["first_ms"],
-                row["extra_ms"],
-            )
+        log.info(
+            "latency target %.1f ms; engine time per call = %.2f ms + %.3g ms per GMAC, + (%.2f ms + %.3g ms "
+            "per GMAC) per further question",
+            1000 * target_s,
+            1000 * cost.first.intercept,
+            1e12 * cost.first.slope,
+            1000 * cost.extra.intercept,
+            1e12 * cost.extra.slope,
+        )
         best = target.ranked[0]
         if cost.predict(best.length_config, 1) > HEADROOM * target_s:
             log.warning(
-                "the most accurate configuration takes %.1f ms, more than %.0f%% of the %.1f ms target: "
-                "even an idle server will answer with a cheaper one",
+                "the most accurate configuration takes %.1f ms, more than %.0f%% of the %.1f ms target: even an "
+                "idle server will answer with a cheaper one",
                 1000 * cost.predict(best.length_config, 1),
                 100 * HEADROOM,
                 1000 * target_s,
             )
         return target
+
+    def table(self) -> dict[str, Any]:
+        """The cost model as GET /v1/model shows it."""
+        c = self.cost
+        return {
+            "first_ms": round(1000 * c.first.intercept, 3),
+            "first_ms_per_gmac": round(1e12 * c.first.slope, 4),
+            "extra_ms": round(1000 * c.extra.intercept, 3),
+            "extra_ms_per_gmac": round(1e12 * c.extra.slope, 4),
+            "scale": round(c.scale, 4),
+            "measured": c.measured,
+        }
 
     def choose(self, batch: int = 1) -> FrontPoint:
         """The configuration for a request that will run in a call of ``batch`` questions.

@@ -703,7 +703,7 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
             "latency_target": None if worker.target is None else {
                 "target_p95_ms": config.target_p95_ms, "headroom": HEADROOM,
                 "predicted_wait_ms": round(worker.target.backlog.wait_s() * 1000, 3),
-                "cost_scale": round(worker.target.cost.scale, 4), "calibration": worker.target.cost.table()},
+                "cost_model": worker.target.table()},
         }
 
     @app.get("/healthz")
