@@ -316,6 +316,18 @@ class ServeMetrics:
                                        buckets=FRACTION_BUCKETS, registry=r)
         self.queue_depth = Gauge("quala_queue_depth", "Requests waiting for the engine.", registry=r)
 
+    def watch(self, worker: EngineWorker, target_p95_ms: float | None) -> None:
+        """Gauges read from the worker at each scrape (and the latency target's, when it is on)."""
+        self.queue_depth.set_function(lambda: worker.queue.qsize() if worker.queue is not None else 0)
+        if target_p95_ms is None:
+            return
+        r = self.registry
+        Gauge("quala_target_p95_seconds", "The latency target (--target-p95-ms).", registry=r).set(target_p95_ms / 1000)
+        Gauge("quala_predicted_wait_seconds", "Predicted engine time queued ahead of a new request (s).",
+              registry=r).set_function(lambda: worker.target.backlog.wait_s() if worker.target else 0.0)
+        Gauge("quala_cost_scale", "Online correction of the calibrated costs (observed / calibrated time).",
+              registry=r).set_function(lambda: worker.target.cost.scale if worker.target else 1.0)
+
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -588,14 +600,7 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     app.state.worker = worker
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    metrics.queue_depth.set_function(lambda: worker.queue.qsize() if worker.queue is not None else 0)
-    if config.target_p95_ms is not None:
-        Gauge("quala_target_p95_seconds", "The latency target (--target-p95-ms).",
-              registry=metrics.registry).set(config.target_p95_ms / 1000)
-        Gauge("quala_predicted_wait_seconds", "Predicted engine time queued ahead of a new request.",
-              registry=metrics.registry).set_function(lambda: worker.target.backlog.wait_s() if worker.target else 0)
-        Gauge("quala_cost_scale", "Online correction of the calibrated costs (observed / calibrated time).",
-              registry=metrics.registry).set_function(lambda: worker.target.cost.scale if worker.target else 1)
+    metrics.watch(worker, config.target_p95_ms)
     front_keys = {config_key(p.length_config) for p in engine.front}
 
     @app.exception_handler(RequestValidationError)
