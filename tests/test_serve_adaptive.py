@@ -138,6 +138,25 @@ def test_calibration_times_each_point_and_fits_lines():
     assert [m["batch_1_ms"] for m in got.measured] == pytest.approx([24, 44, 64, 84])
 
 
+def test_calibration_stops_at_its_time_budget():
+    """Each call takes 10 s: after the warm-up and one round (50 s > 30 s) no batch is timed."""
+    clock = FakeClock()
+    calls = []
+
+    class SlowEngine:
+        def answer_batch(self, items, length_config):
+            calls.append(len(items))
+            clock.t += 10.0
+
+        def macs(self, key):
+            return fake_macs(key)
+
+    got = calibrate(SlowEngine(), FRONT, [("q", "c")] * 8, batch=8, reps=3, clock=clock, budget_s=30.0)
+    assert calls == [1] * 5  # warm-up + one round over the four points
+    assert astuple(got.first) == pytest.approx((10.0, 0.0)) and got.extra == got.first  # no batching gain
+    assert [m["batch_8_ms"] for m in got.measured] == [None] * 4
+
+
 class BlockingEngine:
     """Blocks each call until released; advances the fake clock by twice the calibrated cost."""
 

@@ -35,6 +35,7 @@ from quala.budget import FrontPoint, accuracy_key
 HEADROOM = 0.8  # plan for 80% of the target; the rest absorbs inputs longer than average and HTTP time
 CALIBRATION_BATCH = 8  # second batch size timed at start-up; larger batches are extrapolated linearly
 CALIBRATION_REPS = 3  # batch-1 timings per configuration (median), interleaved over the front
+CALIBRATION_BUDGET_S = 30.0  # start-up time allowed for calibration (an overloaded machine gets fewer timings)
 EWMA_ALPHA = 0.1  # weight of the newest observed/predicted ratio
 RATIO_CLIP = (0.2, 5.0)  # one stalled call (GC, page faults) must not swing the scale by more than this
 CALIBRATION_DATA = "assets/demo/dev.json"  # packaged questions timed at start-up
@@ -129,14 +130,18 @@ def calibrate(
     batch: int = CALIBRATION_BATCH,
     reps: int = CALIBRATION_REPS,
     clock: Callable[[], float] = time.perf_counter,
+    budget_s: float = CALIBRATION_BUDGET_S,
 ) -> CostModel:
     """Time every front point on ``engine`` (median of ``reps`` single questions, one call of ``batch``) and fit
     the two lines in MACs.
 
     Rounds go over the whole front (not one point at a time) so that a slow moment of the machine does not
-    fall on one configuration only.
+    fall on one configuration only. Past ``budget_s`` no new round starts: one batch-1 round is always taken,
+    and without any batch timing a further question is assumed to cost as much as the first (no gain from
+    batching, the cautious guess).
     """
     batch = max(2, min(batch, len(items)))
+    deadline = clock() + budget_s
 
     def timed(lc: list[int] | None, chunk: Sequence[tuple[str, str]]) -> float:
         t0 = clock()
@@ -146,27 +151,46 @@ def calibrate(
     timed(None, items[:1])  # warm-up: first-call allocations and lazy initialisation
     singles: list[list[float]] = [[] for _ in front]
     for r in range(reps):
+        if r > 0 and clock() > deadline:
+            break
         for i, p in enumerate(front):
             singles[i].append(timed(p.length_config, [items[r % len(items)]]))
     ones = [statistics.median(t) for t in singles]
-    many = [timed(p.length_config, items[:batch]) for p in front]
+    many: list[float] = []
+    for p in front:
+        if clock() > deadline:
+            break
+        many.append(timed(p.length_config, items[:batch]))
+    if len(singles[0]) < reps or len(many) < len(front):
+        log.warning(
+            "calibration stopped after %.0f s with %d of %d rounds and %d of %d batch timings: the machine "
+            "is slower than expected",
+            budget_s,
+            len(singles[0]),
+            reps,
+            len(many),
+            len(front),
+        )
     macs = [p.macs for p in front]
     first = Line.fit(macs, ones)
-    at_batch = Line.fit(macs, many)
-    extra = Line(
-        max(0.0, (at_batch.intercept - first.intercept) / (batch - 1)),
-        max(0.0, (at_batch.slope - first.slope) / (batch - 1)),
-    )
+    if many:
+        at_batch = Line.fit(macs[: len(many)], many)
+        extra = Line(
+            max(0.0, (at_batch.intercept - first.intercept) / (batch - 1)),
+            max(0.0, (at_batch.slope - first.slope) / (batch - 1)),
+        )
+    else:
+        extra = first
     cost = CostModel(first, extra, lambda key: engine.macs(key))
     cost.measured = [
         {
             "length_config": p.length_config,
             "macs": p.macs,
             "batch_1_ms": round(1000 * t1, 3),
-            f"batch_{batch}_ms": round(1000 * tb, 3),
+            f"batch_{batch}_ms": round(1000 * many[i], 3) if i < len(many) else None,
             "fitted_batch_1_ms": round(1000 * first(p.macs), 3),
         }
-        for p, t1, tb in zip(front, ones, many, strict=True)
+        for i, (p, t1) in enumerate(zip(front, ones, strict=True))
     ]
     return cost
 
