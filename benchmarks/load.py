@@ -334,12 +334,14 @@ async def open_loop(url: str, arrivals: np.ndarray, payloads: list[dict], timeou
         async def one(k: int) -> None:
             scheduled = t0 + float(arrivals[k])
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            lag_ms = (time.perf_counter() - scheduled) * 1000  # > a few ms: the generator fell behind
             try:
                 r = await http.post("/v1/answer", json=payloads[k])
                 out[k] = {"status": r.status_code, "body": r.json() if r.status_code == 200 else r.text[:200]}
             except httpx.HTTPError as exc:
                 out[k] = {"status": None, "body": f"{type(exc).__name__}: {exc}"}
             out[k]["latency_ms"] = (time.perf_counter() - scheduled) * 1000
+            out[k]["send_lag_ms"] = lag_ms
             out[k]["done_s"] = time.perf_counter() - t0
 
         duration = float(arrivals[-1]) if len(arrivals) else 0.0
@@ -367,6 +369,8 @@ def summarize(results: list[dict], examples: list[Example], duration: float) -> 
         "latency_ms": percentiles([r["latency_ms"] for r, _ in ok]),
         "queue_ms": percentiles([r["body"]["queue_ms"] for r, _ in ok]),
         "engine_ms": percentiles([r["body"]["latency_ms"] for r, _ in ok]),
+        "server_ms": percentiles([r["body"]["queue_ms"] + r["body"]["latency_ms"] for r, _ in ok]),
+        "send_lag_ms": percentiles([r["send_lag_ms"] for r in results]),
         "served_f1": round(100 * float(np.mean(f1)), 2) if f1 else None,
         "served_em": round(100 * float(np.mean(em)), 2) if em else None,
         "f1_all_requests": round(100 * float(np.sum(f1)) / len(results), 2) if results else None,
