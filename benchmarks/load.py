@@ -19,7 +19,7 @@ served, scored against the gold answers; plots p95 and served F1 against offered
 ``--clients`` closed-loop clients spread round-robin over the processes, at full length.
 
     python benchmarks/load.py --model packaged:minilm --clients 8 --duration 60 --threads 1
-    python benchmarks/load.py --mode sweep --model runs/squad-mini/lengthdrop --threads 2 \\
+    python benchmarks/load.py --mode sweep --model runs/squad-mini/lengthdrop --threads 1 \\
         --rates 0.5,1,1.5,2,2.5,3 --duration 30 --plot docs/img/load-adaptive.png
     python benchmarks/load.py --mode scale --model runs/squad-mini/lengthdrop --clients 8 --duration 30
 """
