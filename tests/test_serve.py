@@ -187,7 +187,7 @@ def test_micro_batching_merges_queued_requests_with_the_same_config(engine):
             )
         finally:
             await worker.stop()
-        return worker.calls, [a[0] for a in out]
+        return worker.calls, [s.answers[0] for s in out]
 
     calls_on, merged = asyncio.run(run(True))
     calls_off, single = asyncio.run(run(False))
@@ -367,7 +367,7 @@ def test_full_queue_gets_503_and_the_rest_is_answered(engine):
 
     first, second = asyncio.run(run())
     expected = engine.answer(QUESTION, CONTEXT, length_config="full")
-    assert first[0].answer == second[0].answer == expected.answer
+    assert first.answers[0].answer == second.answers[0].answer == expected.answer
 
 
 def test_serve_cli_defaults_match_serve_config():

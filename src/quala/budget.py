@@ -107,10 +107,15 @@ def load_front(model_dir: str | Path, full_macs: int) -> list[FrontPoint]:
     return sorted(points, key=lambda p: p.macs)
 
 
+def accuracy_key(p: FrontPoint) -> tuple[float, int]:
+    """Sort key, larger is better: F1 (unknown F1 counts as best: a model without a front), then fewer MACs."""
+    return (p.f1 if p.f1 is not None else float("inf"), -p.macs)
+
+
 def resolve_budget(front: list[FrontPoint], budget: Budget | None, full_macs: int) -> FrontPoint:
     """The most accurate front point that fits ``budget`` (no budget: the most accurate point)."""
     def best(points: list[FrontPoint]) -> FrontPoint:
-        return max(points, key=lambda p: (p.f1 if p.f1 is not None else float("inf"), -p.macs))
+        return max(points, key=accuracy_key)
 
     if budget is None or budget.preset == "accurate":
         return best(front)

@@ -434,6 +434,11 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Most requests waiting for the engine; more get HTTP 503 (bounds memory).")
     ] = 256,
+    target_p95_ms: Annotated[
+        str | None,
+        typer.Option(metavar="MS", help="Latency-target mode: requests without a budget get the most accurate "
+                     "configuration predicted to finish within MS under the current load (docs/serving.md)."),
+    ] = None,
 ) -> None:
     """Serve the model over HTTP: POST /v1/answer with per-request budgets, demo page at /, docs at /docs."""
     from quala.serve import ServeConfig
@@ -441,11 +446,17 @@ def serve(
 
     if max_body_mb <= 0:
         raise QualaError(f"--max-body-mb must be > 0, got {max_body_mb}")
+    target = None
+    if target_p95_ms is not None:  # parsed here: a click error would be a multi-line usage message
+        try:
+            target = float(target_p95_ms)
+        except ValueError:
+            raise QualaError(f"target-p95-ms must be a number of milliseconds > 0, got {target_p95_ms!r}") from None
     run_server(ServeConfig(
         model=model, host=host, port=port, backend=backend, threads=threads,
         max_context_chars=max_context_chars, max_question_chars=max_question_chars, max_batch=max_batch,
         max_body_bytes=int(max_body_mb * 1024 * 1024), micro_batch=micro_batch,
-        batch_window_ms=batch_window_ms, max_queue=max_queue,
+        batch_window_ms=batch_window_ms, max_queue=max_queue, target_p95_ms=target,
     ))
 
 @app.command()

@@ -98,6 +98,7 @@ def machine_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu": _cpu_name(),
+        "isa": cpu_isa(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -108,6 +109,20 @@ def machine_info() -> dict[str, Any]:
         with contextlib.suppress(ImportError):
             info["versions"][name] = __import__(name).__version__
     return info
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx")  # what int8/bf16 kernels can use
+
+
+def cpu_isa() -> dict[str, bool]:
+    """Which of ``ISA_FLAGS`` the CPU has (Linux /proc/cpuinfo; ``amx``: any of amx_tile/amx_int8/amx_bf16)."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {f: any(x.startswith("amx_") for x in flags) if f == "amx" else f in flags for f in ISA_FLAGS}
 
 
 def _cpu_name() -> str:

@@ -5,7 +5,11 @@
 - ``POST /v1/answer`` and ``POST /v1/answer/batch``: a budget (``macs_fraction`` | ``max_latency_ms`` |
   ``preset``) is resolved on the model's search front per request, so one loaded model serves every point of
   the LAT accuracy/efficiency trade-off (LAT §4; QuaLA-MiniLM §3.3) without reloading or re-exporting.
-- ``GET /v1/model``, ``GET /healthz``, the demo page at ``/`` and the OpenAPI docs at ``/docs``.
+- ``GET /v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus), the demo page at ``/`` and the OpenAPI docs
+  at ``/docs``.
+
+With ``target_p95_ms`` set (latency-target mode, :mod:`quala.adaptive`), requests without a budget of their own
+get the most accurate configuration predicted to finish within the target given the queue ahead of them.
 
 Every engine call runs on one worker thread, so concurrent requests are safe. With micro-batching on, the
 worker merges the requests waiting in its queue that resolved to the same length configuration into one
@@ -20,6 +24,8 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,11 +34,13 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from quala.adaptive import HEADROOM, LatencyTarget, config_key
 from quala.budget import FrontPoint
 from quala.engine import Answer, QAEngine
 from quala.errors import QualaError
@@ -80,6 +88,7 @@ class ServeConfig:
     micro_batch: bool = False  # merge queued requests sharing a length configuration (docs/serving.md)
     batch_window_ms: float = 2.0  # with micro_batch: how long the worker waits for more requests to merge
     max_queue: int = 256  # requests waiting for the engine; more get 503 (bounds memory under overload)
+    target_p95_ms: float | None = None  # latency-target mode for requests without a budget (None: off)
 
     def __post_init__(self) -> None:
         for name in ("max_context_chars", "max_question_chars", "max_batch", "max_body_bytes", "max_queue"):
@@ -91,6 +100,9 @@ class ServeConfig:
             raise QualaError(f"port must be in 1..65535, got {self.port}")
         if self.threads is not None and self.threads < 1:
             raise QualaError(f"threads must be >= 1, got {self.threads}")
+        t = self.target_p95_ms
+        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
+            raise QualaError(f"target-p95-ms must be a number of milliseconds > 0, got {t!r}")
 
 
 # ------------------------------------------------------------------------------------------ schemas
@@ -178,6 +190,7 @@ class AnswerResponse(Span):
     macs: int = Field(description="MACs per sequence at the reference length with this configuration.")
     macs_fraction: float = Field(description="macs / MACs of the full-length model.")
     latency_ms: float = Field(description="Engine time of the (micro-)batch that produced this answer.")
+    queue_ms: float = Field(description="Time the request waited for the engine before its call started.")
     answers: list[Span] | None = Field(None, description="The top_k best answers (only when top_k > 1).")
 
 
@@ -186,6 +199,7 @@ class BatchResponse(BaseModel):
     length_config: list[int] | None
     macs: int
     latency_ms: float
+    queue_ms: float
 
 
 class ErrorResponse(BaseModel):
@@ -272,7 +286,85 @@ def _field_errors(exc: RequestValidationError, content_type: str) -> tuple[int, 
     return 422, f"invalid request: {summary}{more}", items
 
 
+# ------------------------------------------------------------------------------------------ metrics
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+FRACTION_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class ServeMetrics:
+    """The server's Prometheus metrics, in a registry of its own so that two apps in one process do not collide.
+
+    Names and meanings are listed in docs/serving.md.
+    """
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("quala_requests", "HTTP requests by path and status code.", ["path", "status"],
+                                registry=r)
+        self.request_seconds = Histogram("quala_request_seconds", "Time in the server per HTTP request (s).",
+                                         ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("quala_queue_seconds", "Time a request waited for the engine (s).",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_seconds = Histogram("quala_compute_seconds", "Wall time of one engine call (s).",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_questions = Histogram("quala_batch_questions", "Questions per engine call.",
+                                         buckets=BATCH_BUCKETS, registry=r)
+        self.answers = Counter("quala_answers", "Questions answered, by length configuration and what chose it.",
+                               ["config", "chosen_by"], registry=r)
+        self.macs_fraction = Histogram("quala_macs_fraction", "MACs fraction of the full model per question.",
+                                       buckets=FRACTION_BUCKETS, registry=r)
+        self.queue_depth = Gauge("quala_queue_depth", "Requests waiting for the engine.", registry=r)
+
+    def watch(self, worker: EngineWorker, target_p95_ms: float | None) -> None:
+        """Gauges read from the worker at each scrape (and the latency target's, when it is on)."""
+        self.queue_depth.set_function(lambda: worker.queue.qsize() if worker.queue is not None else 0)
+        if target_p95_ms is None:
+            return
+        r = self.registry
+        Gauge("quala_target_p95_seconds", "The latency target (--target-p95-ms).", registry=r).set(target_p95_ms / 1000)
+        Gauge("quala_predicted_wait_seconds", "Predicted engine time queued ahead of a new request (s).",
+              registry=r).set_function(lambda: worker.target.backlog.wait_s() if worker.target else 0.0)
+        Gauge("quala_cost_scale", "Online correction of the calibrated costs (observed / calibrated time).",
+              registry=r).set_function(lambda: worker.target.cost.scale if worker.target else 1.0)
+
+    def exposition(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Count and time every HTTP response by path and status (outermost, so 413s and 500s are counted too)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics, paths: frozenset[str]):
+        self.app = app
+        self.metrics = metrics
+        self.paths = paths  # the app's routes; anything else is "other" (bounded label values)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in self.paths else "other"
+        status = 500  # an exception that escapes the app becomes a 500 further out
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.request_seconds.labels(path).observe(time.perf_counter() - t0)
+
+
 # ------------------------------------------------------------------------------------------ worker
+AUTO = "auto"  # length_config placeholder: the latency target chooses it when the job is queued
+
+
 @dataclass
 class _Job:
     items: list[tuple[str, str]]
@@ -280,10 +372,21 @@ class _Job:
     top_k: int
     mergeable: bool
     future: asyncio.Future = field(repr=False)
+    enqueued: float = 0.0  # worker clock
+    share_s: float = 0.0  # predicted engine seconds this job adds to the backlog (latency-target mode)
 
     @property
     def key(self) -> tuple:
         return (tuple(self.length_config) if self.length_config is not None else None, self.top_k)
+
+
+@dataclass
+class Served:
+    """A job's answers and where its time went."""
+
+    answers: list[Answer]
+    queue_ms: float  # from submit to the start of its engine call
+    compute_ms: float  # wall time of that engine call
 
 
 class EngineWorker:
@@ -291,16 +394,22 @@ class EngineWorker:
 
     The engine (and PyTorch's global thread setting) is not re-entrant, so one thread owns it. Requests that
     wait in the queue while it is busy, or arrive within ``window_ms``, and share a length configuration and
-    ``top_k``, become one ``answer_batch`` call of at most ``max_batch`` questions.
+    ``top_k``, become one ``answer_batch`` call of at most ``max_batch`` questions. With a
+    :class:`~quala.adaptive.LatencyTarget`, jobs submitted with ``length_config=AUTO`` get their configuration
+    when they are queued, and every job's predicted time is kept in the target's backlog.
     """
 
     def __init__(self, engine: QAEngine, micro_batch: bool, window_ms: float, max_batch: int,
-                 max_queue: int = 256):
+                 max_queue: int = 256, target: LatencyTarget | None = None, metrics: ServeMetrics | None = None,
+                 clock: Any = time.perf_counter):
         self.engine = engine
         self.max_queue = max_queue
         self.micro_batch = micro_batch
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
+        self.target = target
+        self.metrics = metrics
+        self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quala-engine")
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task | None = None
@@ -320,14 +429,28 @@ class EngineWorker:
         self.executor.shutdown(wait=True)
 
     async def submit(
-        self, items: list[tuple[str, str]], length_config: list[int] | None, top_k: int, mergeable: bool
-    ) -> list[Answer]:
+        self, items: list[tuple[str, str]], length_config: list[int] | None | str, top_k: int, mergeable: bool
+    ) -> Served:
         if self.queue is None or self.task is None or self.task.done():
             raise RuntimeError("the engine worker is not running (use the app's lifespan)")
         if self.queue.qsize() >= self.max_queue:
             raise Busy(f"{self.queue.qsize()} requests are already waiting for the engine; retry shortly")
+        if isinstance(length_config, str) and self.target is None:
+            raise RuntimeError(f"length_config {length_config!r} needs a latency target")
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(items, length_config, top_k, mergeable, future))
+        job = _Job(items, None, top_k, mergeable, future, enqueued=self.clock())
+        if self.target is None:
+            job.length_config = length_config  # type: ignore[assignment]
+        else:  # choose, predict and queue with no await in between: the backlog is the queue's
+            n = len(items)
+            merge = self.micro_batch and mergeable
+            batch = min(self.max_batch, n + self.target.backlog.questions) if merge else n
+            job.length_config = (
+                self.target.choose(batch).length_config if isinstance(length_config, str) else length_config
+            )
+            job.share_s = self.target.cost.predict(job.length_config, batch) * n / batch
+            self.target.backlog.add(job.share_s, n)
+        self.queue.put_nowait(job)
         return await future
 
     async def _loop(self) -> None:
@@ -337,8 +460,17 @@ class EngineWorker:
             jobs = [await self.queue.get()]
             if self.micro_batch and jobs[0].mergeable:
                 jobs += await self._gather_more(loop, len(jobs[0].items))
-            for group in _groups(jobs):
+            groups = _groups(jobs)
+            if self.target is not None:
+                for job in jobs:
+                    self.target.backlog.remove(job.share_s, len(job.items))
+                predicted = [self.target.cost.predict(g[0].length_config, sum(len(j.items) for j in g))
+                             for g in groups]
+                self.target.backlog.start(sum(predicted))
+            for group in groups:
                 await self._run(loop, group)
+            if self.target is not None:
+                self.target.backlog.finish()
 
     async def _gather_more(self, loop: asyncio.AbstractEventLoop, size: int) -> list[_Job]:
         """Queued jobs (and those arriving within the window), up to ``max_batch`` questions in all."""
@@ -363,8 +495,9 @@ class EngineWorker:
     async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         items = [it for job in jobs for it in job.items]
         first = jobs[0]
+        started = self.clock()
         try:
-            answers = await loop.run_in_executor(
+            answers, seconds = await loop.run_in_executor(
                 self.executor, self._call, items, first.length_config, first.top_k
             )
         except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
@@ -377,19 +510,30 @@ class EngineWorker:
             return
         i = 0
         for job in jobs:
+            queue_s = max(0.0, started - job.enqueued)
+            if self.metrics is not None:
+                self.metrics.queue_seconds.observe(queue_s)
             if not job.future.done():
-                job.future.set_result(answers[i : i + len(job.items)])
+                job.future.set_result(Served(answers[i : i + len(job.items)], queue_s * 1000, seconds * 1000))
             i += len(job.items)
 
-    def _call(self, items: list[tuple[str, str]], length_config: list[int] | None, top_k: int) -> list:
+    def _call(self, items: list[tuple[str, str]], length_config: list[int] | None,
+              top_k: int) -> tuple[list[Answer], float]:
+        t0 = self.clock()
         answers = self.engine.answer_batch(
             items, length_config=length_config if length_config is not None else "full", top_k=top_k
         )
+        seconds = self.clock() - t0
+        if self.target is not None:
+            self.target.cost.observe(length_config, len(items), seconds)
+        if self.metrics is not None:
+            self.metrics.compute_seconds.observe(seconds)
+            self.metrics.batch_questions.observe(len(items))
         self.calls += 1
         self.questions += len(items)
         if self.calls % TRIM_EVERY == 0:
             release_free_memory()
-        return answers
+        return answers, seconds
 
 
 class Busy(Exception):
@@ -410,11 +554,11 @@ def _point(p: FrontPoint, full_macs: int) -> dict[str, Any]:
             "macs_fraction": p.macs / full_macs, "latency_ms": p.latency_ms}
 
 
-def _response(a: Answer, full_macs: int, top_k: int) -> AnswerResponse:
+def _response(a: Answer, full_macs: int, top_k: int, queue_ms: float) -> AnswerResponse:
     out = AnswerResponse(
         answer=a.answer, score=a.score, start=a.start, end=a.end, length_config=a.length_config,
         macs=int(a.macs or 0), macs_fraction=round((a.macs or 0) / full_macs, 6),
-        latency_ms=round(float(a.latency_ms or 0.0), 3),
+        latency_ms=round(float(a.latency_ms or 0.0), 3), queue_ms=round(queue_ms, 3),
     )
     if top_k > 1:
         out.answers = [Span(answer=p.text, score=p.score, start=p.start, end=p.end) for p in a.alternatives]
@@ -428,12 +572,17 @@ def demo_page() -> str:
 def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (use as ``with TestClient(app)`` in tests so the worker starts)."""
     config = config or ServeConfig()
+    metrics = ServeMetrics()
     worker = EngineWorker(engine, config.micro_batch, config.batch_window_ms, config.max_batch,
-                          config.max_queue)
+                          config.max_queue, metrics=metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await worker.start()
+        if config.target_p95_ms is not None and worker.target is None:  # a test may have set its own
+            worker.target = await asyncio.get_running_loop().run_in_executor(
+                worker.executor, LatencyTarget.calibrated, engine, config.target_p95_ms / 1000, worker.clock
+            )
         try:
             yield
         finally:
@@ -449,7 +598,10 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.config = config
     app.state.worker = worker
+    app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    metrics.watch(worker, config.target_p95_ms)
+    front_keys = {config_key(p.length_config) for p in engine.front}
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -486,9 +638,19 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
                 raise _TooLarge(f"{where}question has {len(it.question)} characters; the limit is "
                                 f"{config.max_question_chars}")
 
-    def resolve(req: _Options) -> list[int] | None:
+    def resolve(req: _Options) -> tuple[list[int] | None | str, str]:
+        """The configuration to run (AUTO: the latency target picks it when queued) and what chose it."""
+        if req.budget is None and req.length_config is None:
+            return (AUTO, "target") if config.target_p95_ms is not None else (engine.resolve(), "default")
         budget = req.budget.model_dump(exclude_none=True) if req.budget is not None else None
-        return engine.resolve(budget, req.length_config)
+        return engine.resolve(budget, req.length_config), "request"
+
+    def count(answers: list[Answer], chosen_by: str) -> None:
+        key = config_key(answers[0].length_config)
+        label = "full" if key is None else ",".join(map(str, key)) if key in front_keys else "custom"
+        metrics.answers.labels(label, chosen_by).inc(len(answers))
+        for a in answers:
+            metrics.macs_fraction.observe((a.macs or 0) / engine.full_macs)
 
     @app.exception_handler(Busy)
     async def on_busy(request: Request, exc: Busy) -> JSONResponse:
@@ -505,9 +667,10 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     async def answer(req: AnswerRequest) -> AnswerResponse:
         """Answer one question from its context at the requested compute budget."""
         check_sizes([req])
-        lengths = resolve(req)
-        (a,) = await worker.submit([(req.question, req.context)], lengths, req.top_k, mergeable=True)
-        return _response(a, engine.full_macs, req.top_k)
+        lengths, chosen_by = resolve(req)
+        served = await worker.submit([(req.question, req.context)], lengths, req.top_k, mergeable=True)
+        count(served.answers, chosen_by)
+        return _response(served.answers[0], engine.full_macs, req.top_k, served.queue_ms)
 
     @app.post("/v1/answer/batch", response_model=BatchResponse, response_model_exclude_unset=True,
               responses=errors)
@@ -516,12 +679,13 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
         if len(req.items) > config.max_batch:
             raise _TooLarge(f"{len(req.items)} items; at most {config.max_batch} per request (--max-batch)")
         check_sizes(req.items)
-        lengths = resolve(req)
-        answers = await worker.submit([(it.question, it.context) for it in req.items], lengths, req.top_k,
-                                      mergeable=False)
-        out = [_response(a, engine.full_macs, req.top_k) for a in answers]
-        return BatchResponse(answers=out, length_config=lengths, macs=out[0].macs,
-                             latency_ms=out[0].latency_ms)
+        lengths, chosen_by = resolve(req)
+        served = await worker.submit([(it.question, it.context) for it in req.items], lengths, req.top_k,
+                                     mergeable=False)
+        count(served.answers, chosen_by)
+        out = [_response(a, engine.full_macs, req.top_k, served.queue_ms) for a in served.answers]
+        return BatchResponse(answers=out, length_config=out[0].length_config, macs=out[0].macs,
+                             latency_ms=out[0].latency_ms, queue_ms=out[0].queue_ms)
 
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
@@ -541,16 +705,26 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
                        "max_body_bytes": config.max_body_bytes, "max_top_k": MAX_TOP_K},
             "micro_batching": {"enabled": config.micro_batch, "window_ms": config.batch_window_ms,
                                "engine_calls": worker.calls, "questions": worker.questions},
+            "latency_target": None if worker.target is None else {
+                "target_p95_ms": config.target_p95_ms, "headroom": HEADROOM,
+                "predicted_wait_ms": round(worker.target.backlog.wait_s() * 1000, 3),
+                "cost_model": worker.target.table()},
         }
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        """Prometheus text exposition (metric names in docs/serving.md)."""
+        return metrics.exposition()
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(demo_page())
 
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=frozenset(r.path for r in app.routes))
     return app
 
 

@@ -1,0 +1,286 @@
+"""Load-adaptive serving: choose each request's length configuration so that it finishes within a latency target.
+
+A length-adaptive model is one set of weights for every point of its accuracy/efficiency front (LAT §4,
+QuaLA-MiniLM §3.3). ``quala serve --target-p95-ms T`` uses that under load: a request that carries no budget of
+its own gets the most accurate front configuration whose predicted completion time, the engine time already queued
+ahead of it plus the configuration's own time, stays within ``HEADROOM * T``. With an empty queue that is the
+``accurate`` preset; as the queue grows, requests get cheaper configurations, so the queue drains instead of
+growing and the server keeps answering (docs/serving.md).
+
+Three small pieces, each testable with a fake clock and a fake front:
+
+- :class:`CostModel`: engine seconds of one call at a configuration and batch size. Calibrated when the server
+  starts: every front point is timed on the real engine at batch 1 and at ``CALIBRATION_BATCH``, and a line in
+  MACs (fixed overhead + time per MAC) is fitted through each batch size's timings, so that the noise of one
+  point's timing cannot rank it wrongly. Rescaled online by an EWMA of observed / predicted time, which absorbs
+  inputs longer or shorter than the calibration text and other processes on the machine.
+- :class:`Backlog`: the predicted engine seconds ahead of a new request (rest of the running call + queued jobs).
+- :class:`LatencyTarget`: the choice itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from quala.budget import FrontPoint, accuracy_key
+
+HEADROOM = 0.8  # plan for 80% of the target; the rest absorbs inputs longer than average and HTTP time
+CALIBRATION_BATCH = 8  # second batch size timed at start-up; larger batches are extrapolated linearly
+CALIBRATION_REPS = 3  # batch-1 timings per configuration (median), interleaved over the front
+CALIBRATION_BUDGET_S = 30.0  # start-up time allowed for calibration (an overloaded machine gets fewer timings)
+EWMA_ALPHA = 0.1  # weight of the newest observed/predicted ratio
+RATIO_CLIP = (0.2, 5.0)  # one stalled call (GC, page faults) must not swing the scale by more than this
+CALIBRATION_DATA = "assets/demo/dev.json"  # packaged questions timed at start-up
+
+log = logging.getLogger("quala.serve")
+
+Key = tuple[int, ...] | None  # a length configuration as a dict key (None: full length)
+
+
+def config_key(length_config: Sequence[int] | None) -> Key:
+    return tuple(int(c) for c in length_config) if length_config is not None else None
+
+
+@dataclass(frozen=True)
+class Line:
+    """Seconds as an affine function of MACs, ``intercept + slope * macs``, both >= 0."""
+
+    intercept: float
+    slope: float
+
+    def __call__(self, macs: float) -> float:
+        return self.intercept + self.slope * macs
+
+    @classmethod
+    def fit(cls, macs: Sequence[float], seconds: Sequence[float]) -> Line:
+        """Least squares; a negative slope (noise) becomes the mean, a negative intercept a line through 0."""
+        x, y = np.asarray(macs, dtype=float), np.asarray(seconds, dtype=float)
+        if len(set(x)) < 2:  # one point: all of its time is proportional to its MACs
+            return cls(0.0, float(y.mean() / x.mean()))
+        slope, intercept = np.polyfit(x, y, 1)
+        if slope < 0:
+            return cls(float(y.mean()), 0.0)
+        if intercept < 0:
+            return cls(0.0, float(x @ y / (x @ x)))
+        return cls(float(intercept), float(slope))
+
+
+class CostModel:
+    """Predicted engine seconds of one call: ``scale * (first(macs) + (n - 1) * extra(macs))`` for n questions.
+
+    ``first`` and ``extra`` are lines in the configuration's MACs (at the reference length), so a
+    ``length_config`` off the front is predicted the same way as the front's points; ``scale`` is the online
+    correction.
+    """
+
+    def __init__(self, first: Line, extra: Line, macs_of: Callable[[Key], int], alpha: float = EWMA_ALPHA):
+        self.first = first
+        self.extra = extra
+        self.macs_of = macs_of
+        self.alpha = alpha
+        self.scale = 1.0  # EWMA of observed / calibrated time
+        self.measured: list[dict[str, Any]] = []  # the calibration timings behind the lines (GET /v1/model)
+        self._macs: dict[Key, int] = {}
+
+    def calibrated(self, length_config: Sequence[int] | None, n: int) -> float:
+        """Seconds of one call of ``n`` questions at ``length_config`` as calibrated (without the online scale)."""
+        key = config_key(length_config)
+        if key not in self._macs:
+            self._macs[key] = int(self.macs_of(key))
+        m = self._macs[key]
+        return self.first(m) + (max(n, 1) - 1) * self.extra(m)
+
+    def predict(self, length_config: Sequence[int] | None, n: int) -> float:
+        """Seconds of one engine call answering ``n`` questions at ``length_config``."""
+        return self.scale * self.calibrated(length_config, n)
+
+    def observe(self, length_config: Sequence[int] | None, n: int, seconds: float) -> None:
+        """Fold one measured engine call into the scale."""
+        ratio = float(np.clip(seconds / self.calibrated(length_config, n), *RATIO_CLIP))
+        self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
+
+
+def calibration_items(n: int = CALIBRATION_BATCH) -> list[tuple[str, str]]:
+    """``n`` (question, context) pairs from the packaged demo data (written for QuaLA, CC0).
+
+    Each context is two consecutive demo paragraphs (~800 characters, about the median SQuAD paragraph): the
+    configurations' relative costs depend on the input length, and one paragraph (~400) is shorter than most.
+    """
+    from quala.data import load_squad
+
+    examples = load_squad(str(resources.files("quala") / CALIBRATION_DATA)).examples
+    first_question = {ex.context: ex.question for ex in reversed(examples)}
+    paragraphs = list(first_question)[::-1]
+    pairs = [(first_question[p], p + "\n" + paragraphs[(i + 1) % len(paragraphs)]) for i, p in enumerate(paragraphs)]
+    return pairs[:n]
+
+
+def calibrate(
+    engine: Any,
+    front: Sequence[FrontPoint],
+    items: Sequence[tuple[str, str]],
+    batch: int = CALIBRATION_BATCH,
+    reps: int = CALIBRATION_REPS,
+    clock: Callable[[], float] = time.perf_counter,
+    budget_s: float = CALIBRATION_BUDGET_S,
+) -> CostModel:
+    """Time every front point on ``engine`` (median of ``reps`` single questions, one call of ``batch``) and fit
+    the two lines in MACs.
+
+    Rounds go over the whole front (not one point at a time) so that a slow moment of the machine does not
+    fall on one configuration only. Past ``budget_s`` no new round starts: one batch-1 round is always taken,
+    and without any batch timing a further question is assumed to cost as much as the first (no gain from
+    batching, the cautious guess).
+    """
+    batch = max(2, min(batch, len(items)))
+    deadline = clock() + budget_s
+
+    def timed(lc: list[int] | None, chunk: Sequence[tuple[str, str]]) -> float:
+        t0 = clock()
+        engine.answer_batch(list(chunk), length_config=lc if lc is not None else "full")
+        return clock() - t0
+
+    timed(None, items[:1])  # warm-up: first-call allocations and lazy initialisation
+    singles: list[list[float]] = [[] for _ in front]
+    for r in range(reps):
+        if r > 0 and clock() > deadline:
+            break
+        for i, p in enumerate(front):
+            singles[i].append(timed(p.length_config, [items[r % len(items)]]))
+    ones = [statistics.median(t) for t in singles]
+    many: list[float] = []
+    for p in front:
+        if clock() > deadline:
+            break
+        many.append(timed(p.length_config, items[:batch]))
+    if len(singles[0]) < reps or len(many) < len(front):
+        log.warning(
+            "calibration stopped after %.0f s with %d of %d rounds and %d of %d batch timings: the machine "
+            "is slower than expected",
+            budget_s,
+            len(singles[0]),
+            reps,
+            len(many),
+            len(front),
+        )
+    macs = [p.macs for p in front]
+    first = Line.fit(macs, ones)
+    if many:
+        at_batch = Line.fit(macs[: len(many)], many)
+        extra = Line(
+            max(0.0, (at_batch.intercept - first.intercept) / (batch - 1)),
+            max(0.0, (at_batch.slope - first.slope) / (batch - 1)),
+        )
+    else:
+        extra = first
+    cost = CostModel(first, extra, lambda key: engine.macs(key))
+    cost.measured = [
+        {
+            "length_config": p.length_config,
+            "macs": p.macs,
+            "batch_1_ms": round(1000 * t1, 3),
+            f"batch_{batch}_ms": round(1000 * many[i], 3) if i < len(many) else None,
+            "fitted_batch_1_ms": round(1000 * first(p.macs), 3),
+        }
+        for i, (p, t1) in enumerate(zip(front, ones, strict=True))
+    ]
+    return cost
+
+
+class Backlog:
+    """Predicted engine seconds ahead of a new request: the rest of the running call plus every queued job."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.queued_s = 0.0
+        self.questions = 0  # queued questions
+        self._busy_until: float | None = None
+
+    def add(self, seconds: float, questions: int) -> None:
+        self.queued_s += seconds
+        self.questions += questions
+
+    def remove(self, seconds: float, questions: int) -> None:
+        self.questions -= questions
+        self.queued_s = max(0.0, self.queued_s - seconds) if self.questions > 0 else 0.0
+
+    def start(self, seconds: float) -> None:
+        """The worker took jobs off the queue that it predicts will take ``seconds``."""
+        self._busy_until = self.clock() + seconds
+
+    def finish(self) -> None:
+        self._busy_until = None
+
+    def wait_s(self) -> float:
+        running = max(0.0, self._busy_until - self.clock()) if self._busy_until is not None else 0.0
+        return running + self.queued_s
+
+
+@dataclass
+class LatencyTarget:
+    """Pick, per request, the most accurate front point predicted to finish within ``HEADROOM * target_s``."""
+
+    target_s: float
+    front: list[FrontPoint]
+    cost: CostModel
+    backlog: Backlog
+
+    def __post_init__(self) -> None:
+        self.ranked = sorted(self.front, key=accuracy_key, reverse=True)  # the `accurate` preset first
+
+    @classmethod
+    def calibrated(cls, engine: Any, target_s: float, clock: Callable[[], float] = time.perf_counter) -> LatencyTarget:
+        """Time ``engine``'s front (:func:`calibrate`) and log what it found."""
+        cost = calibrate(engine, engine.front, calibration_items())
+        target = cls(target_s, list(engine.front), cost, Backlog(clock))
+        log.info(
+            "latency target %.1f ms; engine time per call = %.2f ms + %.3g ms per GMAC, + (%.2f ms + %.3g ms "
+            "per GMAC) per further question",
+            1000 * target_s,
+            1000 * cost.first.intercept,
+            1e12 * cost.first.slope,
+            1000 * cost.extra.intercept,
+            1e12 * cost.extra.slope,
+        )
+        best = target.ranked[0]
+        if cost.predict(best.length_config, 1) > HEADROOM * target_s:
+            log.warning(
+                "the most accurate configuration takes %.1f ms, more than %.0f%% of the %.1f ms target: even an "
+                "idle server will answer with a cheaper one",
+                1000 * cost.predict(best.length_config, 1),
+                100 * HEADROOM,
+                1000 * target_s,
+            )
+        return target
+
+    def table(self) -> dict[str, Any]:
+        """The cost model as GET /v1/model shows it."""
+        c = self.cost
+        return {
+            "first_ms": round(1000 * c.first.intercept, 3),
+            "first_ms_per_gmac": round(1e12 * c.first.slope, 4),
+            "extra_ms": round(1000 * c.extra.intercept, 3),
+            "extra_ms_per_gmac": round(1e12 * c.extra.slope, 4),
+            "scale": round(c.scale, 4),
+            "measured": c.measured,
+        }
+
+    def choose(self, batch: int = 1) -> FrontPoint:
+        """The configuration for a request that will run in a call of ``batch`` questions.
+
+        When nothing fits (the queue alone is longer than the target), the fastest configuration: the request
+        is still answered, as early as possible, and the next ones see a shorter queue.
+        """
+        budget = HEADROOM * self.target_s - self.backlog.wait_s()
+        for p in self.ranked:
+            if self.cost.predict(p.length_config, batch) <= budget:
+                return p
+        return min(self.front, key=lambda p: self.cost.predict(p.length_config, batch))
