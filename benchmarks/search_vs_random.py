@@ -28,7 +28,7 @@ from pathlib import Path
 
 from quala.config import resolve
 from quala.io import machine_info, write_json_atomic
-from quala.search import SearchConfig, SearchResult, cost_fractions, front_area, search, spread_subset
+from quala.search import SearchConfig, SearchResult, cost_fractions, front_area, search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,9 +94,9 @@ def holdout_areas(
     from quala.evaluate import evaluate_features
 
     split = load_squad(data_file, articles)
-    seen = {ex.id for ex in spread_subset(split, config.max_examples).examples}
+    seen = {ex.id for ex in split.spread(config.max_examples).examples}
     unseen = dataclasses.replace(split, examples=[ex for ex in split.examples if ex.id not in seen])
-    held = spread_subset(unseen, n)
+    held = unseen.spread(n)
     predictor = load_predictor(model, backend="torch", threads=config.evaluation.threads)
     features = prepare_features(held.examples, predictor.tokenizer, config.evaluation.data)
     cache_key = f"{model}|{articles}|{config.max_examples}|{n}"

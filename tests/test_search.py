@@ -377,15 +377,28 @@ def test_measure_latency_on_tiny_model(tiny_model_dir):
 
 def test_max_examples_spreads_over_the_split():
     from quala.data import load_squad
-    from quala.search import spread_subset
 
     data = load_squad(DEMO_DEV)
-    subset = spread_subset(data, 8)
-    assert len(subset.examples) == 8 and len(set(subset.examples)) == 8
+    n = len(data.examples)
+    subset = data.spread(8)
+    # hand-computed: the i-th pick is question floor(i * n / 8)
+    assert [data.examples.index(e) for e in subset.examples] == [i * n // 8 for i in range(8)]
     assert {e.title for e in subset.examples} == {e.title for e in data.examples}  # every article contributes
-    order = [data.examples.index(e) for e in subset.examples]
-    assert order == sorted(order) and order[0] == 0
-    assert spread_subset(data, None) is data and spread_subset(data, 10_000) is data
+    assert data.spread(None) is data and data.spread(10_000) is data
+
+
+def test_training_validation_and_search_pick_the_same_questions(tmp_path, tiny_model_dir):
+    """One rule for 'N evenly spaced questions': training's validation subset is the search's subset."""
+    from quala.data import load_squad
+    from quala.train import TrainConfig, build_trainer
+
+    cfg = TrainConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "t"), train_files=[str(DEMO_DEV)],
+                      eval_file=str(DEMO_DEV), max_eval_examples=7, max_steps=1, progress=False)
+    trainer = build_trainer(cfg)
+    assert [e.id for e in trainer.eval_data.examples] == [e.id for e in load_squad(DEMO_DEV).spread(7).examples]
+    n = len(load_squad(DEMO_DEV).examples)
+    assert [e.id for e in trainer.eval_data.examples] == [load_squad(DEMO_DEV).examples[i * n // 7].id
+                                                           for i in range(7)]
 
 
 def test_evaluate_features_matches_evaluate(tiny_model_dir):

@@ -48,6 +48,16 @@ class SquadData:
     def describe(self) -> dict[str, Any]:
         return {"file": self.source, "articles": self.articles, "num_questions": len(self.examples)}
 
+    def spread(self, n: int | None) -> SquadData:
+        """``n`` questions evenly spaced over the split, in file order, so that every article contributes: the
+        ``i``-th of ``n`` is question ``floor(i * N / n)``. Training's validation subset and the search use this
+        one rule, so the same ``n`` picks the same questions in both. ``None`` or ``n >= N``: all of them."""
+        total = len(self.examples)
+        if n is None or n >= total:
+            return self
+        return SquadData([self.examples[(i * total) // n] for i in range(n)], self.source, self.articles,
+                         self.num_articles)
+
 
 # ----------------------------------------------------------------------------------------------- loading
 def parse_articles(spec: str | None) -> slice | None:

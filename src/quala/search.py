@@ -18,7 +18,6 @@ the interrupted run had (and then the same front) without storing the random gen
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import random
@@ -665,15 +664,6 @@ class SplitObjective:
         return Measurement(result.f1, result.exact_match, latency, time.perf_counter() - t0)
 
 
-def spread_subset(data: Any, max_examples: int | None) -> Any:
-    """``max_examples`` questions evenly spaced over the split (every article contributes), in file order."""
-    n = len(data.examples)
-    if max_examples is None or max_examples >= n:
-        return data
-    picked = [data.examples[(i * n) // max_examples] for i in range(max_examples)]
-    return dataclasses.replace(data, examples=picked)
-
-
 def check_attachable(name: str, path: str) -> None:
     """``--attach`` writes ``search.json`` into the model directory: refuse hub names and installed packages
     (a packaged model, or any directory inside site-packages), and say where to copy the model instead."""
@@ -733,7 +723,7 @@ def search(
         raise QualaError(f"--output {output} exists and is not a directory")
     if attach:
         check_attachable(model, resolve_model_path(model))
-    data = spread_subset(load_squad(data_file, articles), config.max_examples)
+    data = load_squad(data_file, articles).spread(config.max_examples)
     predictor = load_predictor(model, backend=backend, threads=config.evaluation.threads)
     length = int(predictor.la_config.reference_length)
     if config.latency.seq_length is not None and config.latency.seq_length > length:

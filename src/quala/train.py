@@ -227,14 +227,6 @@ def load_train_data(config: TrainConfig) -> list[SquadData]:
     ]
 
 
-def subsample(data: SquadData, n: int | None) -> SquadData:
-    """An evenly spaced subset of ``n`` questions (all articles stay represented)."""
-    if n is None or n >= len(data.examples):
-        return data
-    idx = np.linspace(0, len(data.examples) - 1, n).round().astype(int)
-    return SquadData([data.examples[i] for i in idx], data.source, data.articles, data.num_articles)
-
-
 def check_same_vocab(student_tok: Any, teacher_tok: Any, teacher: str) -> None:
     """Logit distillation compares token positions, so both models must tokenise identically."""
     if student_tok.get_vocab() != teacher_tok.get_vocab():
@@ -807,7 +799,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     train_sets = load_train_data(config)
     eval_data = None
     if config.eval_file:
-        eval_data = subsample(load_squad(config.eval_file, config.eval_articles), config.max_eval_examples)
+        eval_data = load_squad(config.eval_file, config.eval_articles).spread(config.max_eval_examples)
     model = LengthAdaptiveQA.from_pretrained(config.model, seed=config.seed)
     tokenizer = load_tokenizer(config.model)
     teacher = None
