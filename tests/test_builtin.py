@@ -20,20 +20,31 @@ CONTEXT = (
 )
 FAST, BALANCED = [160, 120, 90, 60], [300, 260, 220, 180]
 # hand-made results: (model, length config, F1, EM) as the evaluate stage writes them
-EVALUATION = [("fp32", None, 61.25, 50.5), ("fp32", FAST, 54.0, 41.75), ("fp32", BALANCED, 60.5, 49.0),
-              ("int8", None, 60.75, 49.5), ("int8", FAST, 53.125, 40.0), ("int8", BALANCED, 60.5, 48.25)]
+EVALUATION = [
+    ("fp32", None, 61.25, 50.5),
+    ("fp32", FAST, 54.0, 41.75),
+    ("fp32", BALANCED, 60.5, 49.0),
+    ("int8", None, 60.75, 49.5),
+    ("int8", FAST, 53.125, 40.0),
+    ("int8", BALANCED, 60.5, 48.25),
+]
 # (name, backend, dtype, length config, latency ms, size MB, x MiniLM fp32, x BERT-base) as the benchmark writes
-BENCHMARK = [("BERT-base (random weights)", "torch", "fp32", None, 310.0, 435.6, 0.15, 1.0),
-             ("MiniLM", "torch", "fp32", None, 47.5, 90.3, 1.0, 6.53),
-             ("MiniLM", "onnxruntime", "int8", None, 26.5, 69.2, 1.79, 11.7),
-             ("LA-MiniLM", "onnxruntime", "int8", FAST, 19.0, 69.3, 2.5, 16.32),
-             ("LA-MiniLM", "onnxruntime", "int8", BALANCED, 24.0, 69.3, 1.98, 12.92)]
-STAGES = {"finetune": {"seconds": 1200.5, "best_f1": 61.0, "steps": 40, "examples_per_second": 4.9},
-          "lengthdrop": {"seconds": 600.0, "best_f1": 61.25, "steps": 12, "examples_per_second": 1.8},
-          "search": {"seconds": 300.25, "num_evaluations": 9, "front_size": 3},
-          "quantize": {"seconds": 20.0, "size_mb": 1.0, "mode": "dynamic"},
-          "evaluate": {"seconds": 900.0, "rows": 6}, "benchmark": {"seconds": 400.0, "rows": 5},
-          "report": {"seconds": 0.1, "report": "report/REPORT.md"}}
+BENCHMARK = [
+    ("BERT-base (random weights)", "torch", "fp32", None, 310.0, 435.6, 0.15, 1.0),
+    ("MiniLM", "torch", "fp32", None, 47.5, 90.3, 1.0, 6.53),
+    ("MiniLM", "onnxruntime", "int8", None, 26.5, 69.2, 1.79, 11.7),
+    ("LA-MiniLM", "onnxruntime", "int8", FAST, 19.0, 69.3, 2.5, 16.32),
+    ("LA-MiniLM", "onnxruntime", "int8", BALANCED, 24.0, 69.3, 1.98, 12.92),
+]
+STAGES = {
+    "finetune": {"seconds": 1200.5, "best_f1": 61.0, "steps": 40, "examples_per_second": 4.9},
+    "lengthdrop": {"seconds": 600.0, "best_f1": 61.25, "steps": 12, "examples_per_second": 1.8},
+    "search": {"seconds": 300.25, "num_evaluations": 9, "front_size": 3},
+    "quantize": {"seconds": 20.0, "size_mb": 1.0, "mode": "dynamic"},
+    "evaluate": {"seconds": 900.0, "rows": 6},
+    "benchmark": {"seconds": 400.0, "rows": 5},
+    "report": {"seconds": 0.1, "report": "report/REPORT.md"},
+}
 
 
 def _macs(config, lengths) -> int:
@@ -53,42 +64,102 @@ def fake_run(tmp_path_factory, tiny_model_dir) -> Path:
 
     run = tmp_path_factory.mktemp("run")
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    save_resolved(run, PipelineConfig(
-        output_dir=str(run), train_files=["quala:assets/demo/train.json", "quala:assets/demo/dev.json"],
-        train_articles=[":", "0:2"], validation_file="quala:assets/demo/dev.json", validation_articles="2:4"))
+    save_resolved(
+        run,
+        PipelineConfig(
+            output_dir=str(run),
+            train_files=["quala:assets/demo/train.json", "quala:assets/demo/dev.json"],
+            train_articles=[":", "0:2"],
+            validation_file="quala:assets/demo/dev.json",
+            validation_articles="2:4",
+        ),
+    )
     (run / "pipeline.json").write_text(json.dumps({"completed": STAGES}))
     model = run / "lengthdrop"
     shutil.copytree(tiny_model_dir, model)
-    write_manifest(model, "train", steps=12, selected="best full-length validation F1",
-                   machine={"cpu": "Test CPU 9000", "cores": 2, "isa_flags": ["avx", "avx2", "fma"],
-                            "versions": {"torch": "2.13.0"}})
+    write_manifest(
+        model,
+        "train",
+        steps=12,
+        selected="best full-length validation F1",
+        machine={
+            "cpu": "Test CPU 9000",
+            "cores": 2,
+            "isa_flags": ["avx", "avx2", "fma"],
+            "versions": {"torch": "2.13.0"},
+        },
+    )
     for stage, epoch in (("finetune", 0.5), ("lengthdrop", 0.125)):
         (run / stage).mkdir(exist_ok=True)
         (run / stage / "metrics.jsonl").write_text(
-            json.dumps({"step": 1, "epoch": epoch / 2}) + "\n" + json.dumps({"step": 2, "epoch": epoch}) + "\n"
-            + json.dumps({"step": 2, "eval_f1": 61.0}) + "\n")
+            json.dumps({"step": 1, "epoch": epoch / 2})
+            + "\n"
+            + json.dumps({"step": 2, "epoch": epoch})
+            + "\n"
+            + json.dumps({"step": 2, "eval_f1": 61.0})
+            + "\n"
+        )
     points = [(FAST, 70.0, 4.0), (BALANCED, 74.5, 7.0), (None, 75.0, 10.0)]
-    front = [{"length_config": lc, "f1": f1, "exact_match": f1 - 10, "macs": _macs(config, lc), "latency_ms": ms}
-             for lc, f1, ms in points]
+    front = [
+        {"length_config": lc, "f1": f1, "exact_match": f1 - 10, "macs": _macs(config, lc), "latency_ms": ms}
+        for lc, f1, ms in points
+    ]
     (run / "search").mkdir()
-    (run / "search" / "search.json").write_text(json.dumps({
-        "settings": {"num_layers": 4, "reference_length": 384}, "data": {"num_questions": 36},
-        "candidates": front, "front": front, "summary": {"num_evaluations": 9, "machine": {"cpu": "x"}}}))
+    (run / "search" / "search.json").write_text(
+        json.dumps(
+            {
+                "settings": {"num_layers": 4, "reference_length": 384},
+                "data": {"num_questions": 36},
+                "candidates": front,
+                "front": front,
+                "summary": {"num_evaluations": 9, "machine": {"cpu": "x"}},
+            }
+        )
+    )
     shutil.copyfile(run / "search" / "search.json", model / "search.json")
-    rows = [{"model": m, "backend": "torch" if m == "fp32" else "onnxruntime", "length_config": lc, "f1": f1,
-             "exact_match": em, "macs": _macs(config, lc), "num_questions": 36}
-            for m, lc, f1, em in EVALUATION]
+    rows = [
+        {
+            "model": m,
+            "backend": "torch" if m == "fp32" else "onnxruntime",
+            "length_config": lc,
+            "f1": f1,
+            "exact_match": em,
+            "macs": _macs(config, lc),
+            "num_questions": 36,
+        }
+        for m, lc, f1, em in EVALUATION
+    ]
     (run / "evaluate").mkdir()
-    (run / "evaluate" / "evaluation.json").write_text(json.dumps(
-        {"data": {"file": str(DEMO_DIR / "dev.json"), "articles": "2:4", "num_questions": 36}, "rows": rows}))
-    bench = [{"name": n, "backend": b, "dtype": d, "length_config": lc, "batch_size": 1, "protocol": "serving",
-              "latency_ms_median": ms, "macs": _macs(config, lc), "size_mb": mb, "speedup_vs_minilm_fp32": s1,
-              "speedup_vs_bert_base": s2} for n, b, d, lc, ms, mb, s1, s2 in BENCHMARK]
+    (run / "evaluate" / "evaluation.json").write_text(
+        json.dumps({"data": {"file": str(DEMO_DIR / "dev.json"), "articles": "2:4", "num_questions": 36}, "rows": rows})
+    )
+    bench = [
+        {
+            "name": n,
+            "backend": b,
+            "dtype": d,
+            "length_config": lc,
+            "batch_size": 1,
+            "protocol": "serving",
+            "latency_ms_median": ms,
+            "macs": _macs(config, lc),
+            "size_mb": mb,
+            "speedup_vs_minilm_fp32": s1,
+            "speedup_vs_bert_base": s2,
+        }
+        for n, b, d, lc, ms, mb, s1, s2 in BENCHMARK
+    ]
     bench.append({**bench[1], "batch_size": 32, "latency_ms_median": 999.0})  # not a batch-1 row: not in the card
     (run / "benchmark").mkdir()
-    (run / "benchmark" / "benchmark.json").write_text(json.dumps(
-        {"machine": {"cpu": "Test CPU 9000", "cores": 2, "threads": 2}, "sample": {"num_questions": 20},
-         "rows": bench}))
+    (run / "benchmark" / "benchmark.json").write_text(
+        json.dumps(
+            {
+                "machine": {"cpu": "Test CPU 9000", "cores": 2, "threads": 2},
+                "sample": {"data": {"num_questions": 20}},
+                "rows": bench,
+            }
+        )
+    )
     return run
 
 
@@ -115,8 +186,16 @@ def builtin_model(packaged, tmp_path_factory, monkeypatch) -> Path:
 # ------------------------------------------------------------------------------------------ packaging
 def test_package_writes_the_model_directory(packaged):
     names = {p.name for p in packaged.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "search.json",
-            "MODEL_CARD.md", "results.json", "checksums.sha256"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "search.json",
+        "MODEL_CARD.md",
+        "results.json",
+        "checksums.sha256",
+    } <= names
     assert not any(n.endswith((".bin", ".pt", ".onnx")) for n in names)
     config = json.loads((packaged / "config.json").read_text())
     assert config["quala"] == {"reference_length": 384, "length_rule": "ratio"}
@@ -215,7 +294,7 @@ def _card_rows(card: str) -> list[list[str]]:
     lines = card.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| model | backend | tokens per layer"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
@@ -258,8 +337,15 @@ def test_card_training_sections(packaged):
     assert "12 steps of 8 features" in card
     assert "(the whole pipeline: 1.0 hours) on 273 training questions" in card
     assert "its license: CC0 1.0." in card
-    for section in ("## Model details", "## Intended use", "## Out-of-scope uses", "## Metrics", "## Limitations",
-                    "## License"):
+    assert "(2 cores, 2 threads) on 20 validation questions" in card
+    for section in (
+        "## Model details",
+        "## Intended use",
+        "## Out-of-scope uses",
+        "## Metrics",
+        "## Limitations",
+        "## License",
+    ):
         assert section in card
     # the budget presets on the shipped front: fast = cheapest within 5 F1 of 75, balanced = within 1
     assert "| `fast` | cheapest within 5 F1 of the best | 160,120,90,60 | 70.00 |" in card
@@ -371,8 +457,11 @@ def test_missing_builtin_weights_is_a_clear_error(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(quala.builtin, "BUILTIN_DIR", tmp_path / "empty")
     with pytest.raises(QualaError, match="not packaged in this installation"):
         QAEngine.from_pretrained()
-    for args in (["answer", "--question", "Who?", "--context", "Ada."], ["demo"],
-                 ["evaluate", "--data", DEMO_DIR / "dev.json"]):
+    for args in (
+        ["answer", "--question", "Who?", "--context", "Ada."],
+        ["demo"],
+        ["evaluate", "--data", DEMO_DIR / "dev.json"],
+    ):
         code, _, err = run_cli(args, capsys)
         assert code == 2, err
         assert err.startswith("error: the built-in model builtin:quala-minilm is not packaged") and "--model" in err
@@ -386,8 +475,9 @@ def test_answer_uses_the_builtin_model_and_says_so(builtin_model, tiny_model_dir
     ans = json.loads(out.strip().splitlines()[-1])
     assert (ans["model"], ans["backend"]) == ("builtin:quala-minilm", "onnxruntime")
     assert CONTEXT[ans["start"] : ans["end"]] == ans["answer"]
-    code, out, err = run_cli(["answer", "--model", tiny_model_dir, "--question", question, "--context", CONTEXT],
-                             capsys)
+    code, out, err = run_cli(
+        ["answer", "--model", tiny_model_dir, "--question", question, "--context", CONTEXT], capsys
+    )
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["model"] == str(tiny_model_dir)  # --model still overrides
 
@@ -403,7 +493,9 @@ def test_evaluate_defaults_to_the_builtin_int8_model(builtin_model, capsys):
     assert code == 0, err
     explicit = json.loads(out.strip().splitlines()[-1])
     assert default["num_questions"] == 18 and (default["f1"], default["exact_match"]) == (
-        explicit["f1"], explicit["exact_match"])
+        explicit["f1"],
+        explicit["exact_match"],
+    )
 
 
 def test_serve_defaults_to_the_builtin_model(builtin_model, monkeypatch, capsys):
@@ -419,16 +511,21 @@ def test_serve_defaults_to_the_builtin_model(builtin_model, monkeypatch, capsys)
         info = client.get("/v1/model").json()
         assert (info["model"], info["backend"]) == ("builtin:quala-minilm", "onnxruntime")
         assert info["presets"]["fast"]["length_config"] == FAST
-        r = client.post("/v1/answer", json={"question": "Who stayed in orbit?", "context": CONTEXT,
-                                            "budget": {"preset": "balanced"}})
+        r = client.post(
+            "/v1/answer",
+            json={"question": "Who stayed in orbit?", "context": CONTEXT, "budget": {"preset": "balanced"}},
+        )
         assert r.status_code == 200 and r.json()["length_config"] == BALANCED
 
 
 # ------------------------------------------------------------------------------------------ demo
 def _demo_table(out: str) -> dict[str, list[str]]:
     """The per-budget table (the example answers below it are indented)."""
-    return {line.split()[0]: line.split() for line in out.splitlines()
-            if line.split() and line.split()[0] in ("fast", "balanced", "accurate") and not line.startswith(" ")}
+    return {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split() and line.split()[0] in ("fast", "balanced", "accurate") and not line.startswith(" ")
+    }
 
 
 def test_demo_prints_each_budget_and_how_to_go_on(builtin_model, capsys):
@@ -474,11 +571,31 @@ def test_package_data_includes_the_builtin_directory(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["quala"]
-    wanted = {f"{BUILTIN_DIR.relative_to(root / 'src' / 'quala').as_posix()}/{name}"
-              for name in ("model.safetensors", "MODEL_CARD.md", "checksums.sha256", "search.json")}
+    wanted = {
+        f"{BUILTIN_DIR.relative_to(root / 'src' / 'quala').as_posix()}/{name}"
+        for name in ("model.safetensors", "MODEL_CARD.md", "checksums.sha256", "search.json")
+    }
     for rel in wanted:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
-    found = {Path(p).relative_to(tmp_path).as_posix()
-             for pattern in patterns for p in glob.glob(str(tmp_path / pattern), recursive=True)}
+    found = {
+        Path(p).relative_to(tmp_path).as_posix()
+        for pattern in patterns
+        for p in glob.glob(str(tmp_path / pattern), recursive=True)
+    }
     assert wanted <= found
+
+
+def test_int8_cache_errors_say_what_to_fix(packaged, tmp_path, monkeypatch):
+    from quala.builtin import int8_model
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("QUALA_CACHE", str(blocker))
+    with pytest.raises(QualaError, match="cannot write the int8 model cache .* set QUALA_CACHE"):
+        int8_model(packaged)
+    copy = tmp_path / "m"
+    shutil.copytree(packaged, copy)
+    (copy / "checksums.sha256").unlink()
+    with pytest.raises(QualaError, match="has no checksums.sha256"):
+        int8_model(copy)

@@ -15,6 +15,7 @@ directory renamed into place, with its own checksum manifest. A cache entry whos
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from quala.errors import QualaError
 from quala.io import sha256_file
+
 BUILTIN_MODEL = "builtin:quala-minilm"  # the name that model options accept
 BUILTIN_DIR = Path(__file__).resolve().parent / "assets" / "models" / "quala-minilm"
 WEIGHTS = "model.safetensors"
@@ -104,9 +106,11 @@ def _valid(entry: Path) -> bool:
     return True
 
 
-def _remove_stale_builds(parent: Path) -> None:
+def _remove_stale_builds(parent: Path, keep: Path) -> None:
     """Temporary build directories left by processes that no longer run (killed mid-build)."""
     for tmp in parent.glob(".build-*"):
+        if tmp == keep:
+            continue
         try:
             os.kill(int(tmp.name.split("-")[1]), 0)
         except (ValueError, IndexError, ProcessLookupError):
@@ -118,20 +122,30 @@ def _remove_stale_builds(parent: Path) -> None:
 def int8_model(directory: str | Path | None = None) -> Path:
     """The int8 ONNX Runtime model of a packaged model (default: the built-in one), built on first use."""
     source = Path(directory) if directory is not None else builtin_dir()
+    read_checksums(source)  # a packaged model has a checksum manifest: it names the cache entry
     entry = cache_root() / "int8" / f"{source.name}-{model_key(source)}"
     if _valid(entry):
         return entry
     from quala.quantize import quantize_model
 
     verify_checksums(source)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(entry.parent)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}-", dir=entry.parent))
+    except OSError as exc:
+        raise QualaError(
+            f"cannot write the int8 model cache in {entry.parent} ({exc.strerror}); set {CACHE_ENV} to a "
+            "writable directory, or use --backend torch"
+        ) from None
+    _remove_stale_builds(entry.parent, keep=build)
     what = "rebuilding the corrupt" if entry.exists() else "building the"
-    print(f"[quala] {what} int8 model of {source.name} in {entry} (once, about a minute)", file=sys.stderr,
-          flush=True)
-    build = Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}-", dir=entry.parent))
+    print(f"[quala] {what} int8 model of {source.name} in {entry} (once, about a minute)", file=sys.stderr, flush=True)
+    root_logger = logging.getLogger()  # onnxruntime's quantizer warns on the root logger about pre-processing
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
     try:
         quantize_model(source, build / "model")
+        root_logger.setLevel(level)
         write_checksums(build / "model")
         if entry.exists():
             shutil.rmtree(entry)
@@ -141,6 +155,7 @@ def int8_model(directory: str | Path | None = None) -> Path:
             if not _valid(entry):
                 raise
     finally:
+        root_logger.setLevel(level)
         shutil.rmtree(build, ignore_errors=True)
     return entry
 
@@ -165,8 +180,10 @@ def pipeline_model(run_dir: Path) -> Path:
     for stage in ("lengthdrop", "finetune"):
         if stage in state["completed"] and (run_dir / stage / WEIGHTS).is_file():
             return run_dir / stage
-    raise QualaError(f"{run_dir} has no completed lengthdrop or finetune stage with {WEIGHTS}; pass the "
-                     "output directory of a finished quala pipeline run")
+    raise QualaError(
+        f"{run_dir} has no completed lengthdrop or finetune stage with {WEIGHTS}; pass the "
+        "output directory of a finished quala pipeline run"
+    )
 
 
 def package_builtin(run_dir: str | Path, output: str | Path | None = None, force: bool = False) -> PackageResult:
@@ -188,13 +205,22 @@ def package_builtin(run_dir: str | Path, output: str | Path | None = None, force
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
+        from transformers.utils import logging as hf_logging
+
         model = LengthAdaptiveQA.from_pretrained(source)
         model.hf.half()
-        model.save_pretrained(tmp)
+        hf_logging.disable_progress_bar()
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            hf_logging.enable_progress_bar()
         load_tokenizer(source).save_pretrained(tmp)
         shutil.copyfile(run_dir / "search" / "search.json", tmp / "search.json")
-        results["package"] = {"weights": WEIGHTS, "dtype": "float16", "weights_mb": round(
-            (tmp / WEIGHTS).stat().st_size / 1e6, 1)}
+        results["package"] = {
+            "weights": WEIGHTS,
+            "dtype": "float16",
+            "weights_mb": round((tmp / WEIGHTS).stat().st_size / 1e6, 1),
+        }
         write_results(tmp, results)
         (tmp / "MODEL_CARD.md").write_text(render_card(results), encoding="utf-8")
         for path in tmp.rglob("*"):

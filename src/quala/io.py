@@ -85,8 +85,22 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-             "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")  # what decides int8/fp32 kernel speed
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)  # what decides int8/fp32 kernel speed
 
 
 def cpu_isa_flags() -> list[str]:
