@@ -61,22 +61,22 @@ def collect_results(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any
         "training": {
             "data": _data(config.get("train_files", []), config.get("train_articles") or []),
             "validation": _described(evaluation["data"]),
-            "stages": state["completed"],
+            "stages": {name: _without(info, "report") for name, info in state["completed"].items()},
             "epochs": {s: _last_epoch(run_dir / s) for s in ("finetune", "lengthdrop")},
             "recipe": {k: config.get(k) for k in ("finetune", "lengthdrop", "search", "quantize", "front_points")},
             "selected": manifest.get("selected"),
             "machine": _machine(manifest.get("machine"), (bench or {}).get("machine")),
         },
         "search": {
-            "settings": search.get("settings", {}),
+            "settings": _without(search.get("settings", {}), "model"),  # no local paths in a shipped file
             "summary": _without(search.get("summary", {}), "machine"),
-            "data": search.get("data"),
+            "data": _described(search["data"]) if search.get("data") else None,
             "front": search["front"],
         },
         "metrics": {
             "rows": rows,
             "operating_point": headline(rows),
-            "benchmark": {"machine": (bench or {}).get("machine"), "sample": (bench or {}).get("sample")}
+            "benchmark": {"machine": bench.get("machine"), "sample": _sample(bench.get("sample") or {})}
             if bench
             else None,
         },
@@ -172,6 +172,14 @@ def _data(files: list[str], articles: list[str]) -> list[dict[str, Any]]:
 
 def _described(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "file": Path(str(data.get("file", ""))).name, "license": _license(str(data.get("file", "")))}
+
+
+def _sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's question sample, without the local paths of the models it built."""
+    return {
+        "data": _described(sample["data"]) if sample.get("data") else None,
+        "num_features": sample.get("num_features"),
+    }
 
 
 def _last_epoch(stage_dir: Path) -> float | None:
