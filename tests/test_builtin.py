@@ -599,3 +599,18 @@ def test_int8_cache_errors_say_what_to_fix(packaged, tmp_path, monkeypatch):
     (copy / "checksums.sha256").unlink()
     with pytest.raises(QualaError, match="has no checksums.sha256"):
         int8_model(copy)
+
+
+def test_package_refuses_weights_beyond_fp16(fake_run, tmp_path):
+    from quala.builtin import package_builtin
+    from quala.model import LengthAdaptiveQA
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    model = LengthAdaptiveQA.from_pretrained(run / "lengthdrop")
+    with torch.no_grad():
+        model.hf.qa_outputs.weight[0, 0] = 1e5  # rounds to inf in fp16
+    model.save_pretrained(run / "lengthdrop")
+    with pytest.raises(QualaError, match="fp16 range"):
+        package_builtin(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

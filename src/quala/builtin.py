@@ -192,6 +192,8 @@ def package_builtin(run_dir: str | Path, output: str | Path | None = None, force
     Every input is checked before anything is written; the directory is built in a temporary sibling and
     renamed into place, so ``output`` is either the old model or the complete new one.
     """
+    import torch
+
     from quala.card import collect_results, render_card, write_results
     from quala.model import LengthAdaptiveQA, load_tokenizer
 
@@ -209,6 +211,8 @@ def package_builtin(run_dir: str | Path, output: str | Path | None = None, force
 
         model = LengthAdaptiveQA.from_pretrained(source)
         model.hf.half()
+        if not all(torch.isfinite(p).all() for p in model.hf.parameters()):
+            raise QualaError(f"{source} has weights beyond the fp16 range (|w| > 65504); it cannot ship as fp16")
         hf_logging.disable_progress_bar()
         try:
             model.save_pretrained(tmp)
