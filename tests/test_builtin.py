@@ -460,6 +460,7 @@ def test_missing_builtin_weights_is_a_clear_error(tmp_path, monkeypatch, capsys)
     for args in (
         ["answer", "--question", "Who?", "--context", "Ada."],
         ["demo"],
+        ["serve"],
         ["evaluate", "--data", DEMO_DIR / "dev.json"],
     ):
         code, _, err = run_cli(args, capsys)
