@@ -615,3 +615,16 @@ def test_package_refuses_weights_beyond_fp16(fake_run, tmp_path):
     with pytest.raises(QualaError, match="fp16 range"):
         package_builtin(run, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_cpu_isa_flags_read_from_cpuinfo():
+    from quala.io import ISA_FLAGS, cpu_isa_flags, machine_info
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo")
+    line = next(x for x in cpuinfo.read_text().splitlines() if x.startswith("flags"))
+    present = line.split(":", 1)[1].split()
+    assert cpu_isa_flags() == [f for f in ISA_FLAGS if f in present]
+    assert ("avx2" in cpu_isa_flags()) == ("avx2" in present)
+    assert machine_info()["isa_flags"] == cpu_isa_flags()
