@@ -204,6 +204,7 @@ def package_builtin(run_dir: str | Path, output: str | Path | None = None, force
         raise QualaError(f"{output} already holds a model; pass --force to replace it")
     source = pipeline_model(run_dir)
     results = collect_results(run_dir, source)  # raises when a results file is missing, before the slow part
+    render_card(results)  # and when they cannot make a card
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
