@@ -46,7 +46,8 @@ def test_answer_offsets_index_the_context(tiny_model_dir, capsys):
     code, out, err = run_cli(["answer", "--model", tiny_model_dir, "--question", "When?", "--context", context], capsys)
     assert code == 0, err
     ans = json.loads(out.strip().splitlines()[-1])
-    assert set(ans) == {"answer", "score", "start", "end"}
+    assert set(ans) == {"answer", "score", "start", "end", "model", "backend"}
+    assert (ans["model"], ans["backend"]) == (str(tiny_model_dir), "torch")  # which model answered
     assert context[ans["start"] : ans["end"]] == ans["answer"]
 
 

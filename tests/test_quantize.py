@@ -72,7 +72,8 @@ def test_cli_answer_and_evaluate_on_int8(int8_dir):
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert set(out) == {"answer", "score", "start", "end"}
+    assert set(out) == {"answer", "score", "start", "end", "model", "backend"}
+    assert (out["model"], out["backend"]) == (str(int8_dir), "onnxruntime")
     assert CONTEXT[out["start"] : out["end"]] == out["answer"]
     res = runner.invoke(
         app,

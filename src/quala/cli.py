@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from quala.builtin import BUILTIN_MODEL
 from quala.errors import QualaError
 
 app = typer.Typer(
@@ -25,6 +26,14 @@ app = typer.Typer(
 
 ModelOpt = Annotated[
     str, typer.Option("--model", help="Model directory (or hub name, or 'packaged:minilm' for the bundled MiniLM).")
+]
+DefaultModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Model directory, 'packaged:minilm' (the untrained MiniLM) or 'builtin:quala-minilm' (default: the "
+        "trained QuaLA-MiniLM shipped with quala, int8 with backend auto; see its MODEL_CARD.md).",
+    ),
 ]
 DataOpt = Annotated[
     str, typer.Option("--data", help="SQuAD v1.1 JSON file (or a hub dataset NAME[:SPLIT] when online).")
@@ -48,8 +57,8 @@ def _emit(obj: dict) -> None:
 
 @app.command()
 def evaluate(
-    model: ModelOpt,
     data: DataOpt,
+    model: DefaultModelOpt = BUILTIN_MODEL,
     articles: ArticlesOpt = None,
     length_config: LengthOpt = "full",
     max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
@@ -90,9 +99,9 @@ def evaluate(
 
 @app.command()
 def answer(
-    model: ModelOpt,
     question: Annotated[str, typer.Option("--question", help="The question.")],
     context: Annotated[str, typer.Option("--context", help="The context to find the answer in.")],
+    model: DefaultModelOpt = BUILTIN_MODEL,
     length_config: Annotated[
         str | None, typer.Option("--length-config", help="Explicit per-layer token counts (or 'full').")
     ] = None,
@@ -104,7 +113,7 @@ def answer(
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
     threads: ThreadsOpt = None,
 ) -> None:
-    """Answer one question from a context; prints {answer, score, start, end} (character offsets)."""
+    """Answer one question from a context; prints {answer, score, start, end, model, backend} (character offsets)."""
     from quala.engine import QAEngine
 
     if not question.strip():
@@ -112,7 +121,8 @@ def answer(
     if not context.strip():
         raise QualaError("--context is empty; give the text to search for the answer")
     engine = QAEngine.from_pretrained(model, backend=backend, threads=threads)
-    _emit(engine.answer(question, context, budget=budget, length_config=length_config).to_dict())
+    out = engine.answer(question, context, budget=budget, length_config=length_config).to_dict()
+    _emit({**out, "model": model, "backend": engine.predictor.backend})
 
 
 @app.command()
@@ -408,7 +418,7 @@ def benchmark(
 
 @app.command()
 def serve(
-    model: ModelOpt,
+    model: DefaultModelOpt = BUILTIN_MODEL,
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = (
         "127.0.0.1"
     ),
@@ -650,6 +660,80 @@ def pipeline(
     state = Pipeline(settings).run(progress=progress, rerun=again)
     _emit({"output_dir": settings.output_dir, "report": str(Path(settings.output_dir) / "report" / "REPORT.md"),
            "stages": state["completed"]})
+
+
+@app.command()
+def demo(
+    model: DefaultModelOpt = BUILTIN_MODEL,
+    backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
+    threads: ThreadsOpt = None,
+    examples: Annotated[int, typer.Option(help="Questions whose answers are shown at every budget.")] = 3,
+) -> None:
+    """Answer the shipped demo questions at the fast, balanced and accurate budgets: F1, latency and MACs each."""
+    import time
+
+    from quala.demo import DEMO_QUESTIONS, demo_questions, run_demo
+    from quala.engine import QAEngine
+
+    if examples < 0:
+        raise QualaError(f"--examples must be >= 0, got {examples}")
+    data = demo_questions()
+    t0 = time.perf_counter()
+    engine = QAEngine.from_pretrained(model, backend=backend, threads=threads)
+    typer.echo(f"model {model} ({engine.predictor.backend}), loaded in {time.perf_counter() - t0:.1f} s")
+    result = run_demo(engine, data)
+    typer.echo(f"{result.num_questions} demo questions ({DEMO_QUESTIONS}), answered one at a time:\n")
+    typer.echo(f"{'budget':<10}{'F1':>7}{'EM':>7}{'ms/question':>13}{'GMACs':>8}{'of full':>9}  tokens per layer")
+    for p in result.presets:
+        tokens = "full length" if p.length_config is None else ",".join(map(str, p.length_config))
+        typer.echo(
+            f"{p.preset:<10}{p.f1:>7.1f}{p.exact_match:>7.1f}{p.latency_ms:>13.1f}{p.macs / 1e9:>8.3f}"
+            f"{p.macs_fraction:>9.0%}  {tokens}"
+        )
+    for ex in data.examples[:examples]:
+        typer.echo(f"\nQ: {ex.question}  (gold: {' | '.join(ex.answers)})")
+        for p in result.presets:
+            typer.echo(f"   {p.preset:<9} {p.answers[ex.id]}")
+    flag = "" if model == BUILTIN_MODEL else f" --model {model}"
+    typer.echo(
+        f"\nNext: run  quala serve{flag}  and open http://127.0.0.1:8000/ to ask your own questions "
+        "and compare the three budgets side by side."
+    )
+
+
+@app.command("package-builtin")
+def package_builtin(
+    run: Annotated[Path, typer.Option("--run", help="Output directory of a finished quala pipeline run.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write (default: the built-in model directory in the package).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace a model already there.")] = False,
+) -> None:
+    """Package a pipeline run as the built-in model: fp16 weights, tokenizer, front, MODEL_CARD.md, checksums."""
+    from quala.builtin import package_builtin as run_package
+
+    result = run_package(run, output, force)
+    _emit(
+        {
+            "output": str(result.directory),
+            "source_model": str(result.source_model),
+            "size_mb": result.size_mb,
+            "files": result.files,
+        }
+    )
+
+
+@app.command()
+def card(
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Packaged model directory (default: the built-in one).")
+    ] = None,
+) -> None:
+    """Re-generate MODEL_CARD.md of a packaged model from its results.json (and refresh its checksums)."""
+    from quala.builtin import builtin_dir
+    from quala.card import card_from_directory
+
+    _emit({"card": str(card_from_directory(model if model is not None else builtin_dir()))})
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from quala.budget import Budget, FrontPoint, load_front, resolve_budget
+from quala.builtin import BUILTIN_MODEL
 from quala.config import DataConfig, LengthAdaptiveConfig
 from quala.data import Example, Prediction, collate, length_grouped_batches, postprocess, prepare_features
 from quala.errors import QualaError
@@ -144,7 +145,12 @@ _BACKENDS: dict[str, Any] = {"torch": TorchPredictor, "onnxruntime": OnnxPredict
 
 
 def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
-    """Load a model directory with the given backend (``auto``: what the directory's manifest says)."""
+    """Load a model directory with the given backend (``auto``: what the directory's manifest says; for the
+    built-in model, its int8 ONNX Runtime model, built on first use)."""
+    if str(path) == BUILTIN_MODEL and backend in ("auto", "onnxruntime"):
+        from quala.builtin import int8_model
+
+        path, backend = int8_model(), "onnxruntime"
     if backend == "auto":
         from quala.io import read_manifest
 
@@ -215,10 +221,16 @@ class QAEngine:
         self.front = front or [FrontPoint(None, None, self.full_macs, None)]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> QAEngine:
+    def from_pretrained(
+        cls, path: str | Path = BUILTIN_MODEL, backend: str = "auto", threads: int | None = None
+    ) -> QAEngine:
+        """Load a model (default: the built-in QuaLA-MiniLM) and the search front stored with it."""
+        from quala.model import resolve_model_path
+
         predictor = load_predictor(path, backend=backend, threads=threads)
         full = count_macs(predictor.model_config, predictor.la_config.reference_length).total
-        front = load_front(path, full) if Path(str(path)).is_dir() else None
+        directory = Path(resolve_model_path(path, require_weights=False))
+        front = load_front(directory, full) if directory.is_dir() else None
         return cls(predictor, front)
 
     @property

@@ -98,7 +98,7 @@ def machine_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu": _cpu_name(),
-        "isa": cpu_isa(),
+        "isa_flags": cpu_isa_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -111,26 +111,51 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx")  # what int8/bf16 kernels can use
-
-
-def cpu_isa() -> dict[str, bool]:
-    """Which of ``ISA_FLAGS`` the CPU has (Linux /proc/cpuinfo; ``amx``: any of amx_tile/amx_int8/amx_bf16)."""
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return {f: any(x.startswith("amx_") for x in flags) if f == "amx" else f in flags for f in ISA_FLAGS}
-
-
 def _cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)  # what decides int8/fp32 kernel speed
+
+
+def cpu_isa_flags() -> list[str]:
+    """The vector ISA extensions of this CPU that matter for inference speed (from /proc/cpuinfo; [] elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in present]
+    return []
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_manifest(directory: str | os.PathLike, stage: str, **fields: Any) -> None:

