@@ -58,12 +58,16 @@ def read_json(path: str | os.PathLike) -> Any:
         raise QualaError(f"{path} is not valid JSON ({exc}); pass a UTF-8 JSON file") from None
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
 def machine_info() -> dict[str, Any]:
-    """CPU, core count and library versions, stored next to every timing."""
+    """CPU, its int8/bf16-relevant instruction sets, core count and library versions, stored next to every timing."""
     import torch
 
     info: dict[str, Any] = {
         "cpu": _cpu_name(),
+        "isa": cpu_isa(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -74,6 +78,23 @@ def machine_info() -> dict[str, Any]:
         with contextlib.suppress(ImportError):
             info["versions"][name] = __import__(name).__version__
     return info
+
+
+def cpu_isa(cpuinfo: str | None = None) -> dict[str, bool]:
+    """Which of :data:`ISA_FLAGS` the CPU reports (``/proc/cpuinfo`` flags; all False where unreadable).
+
+    They decide the int8 kernels ONNX Runtime can use (VNNI, AMX), so a timing means little without them.
+    """
+    if cpuinfo is None:
+        cpuinfo = ""
+        with contextlib.suppress(OSError):
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return {flag: flag in flags for flag in ISA_FLAGS}
 
 
 def _cpu_name() -> str:
