@@ -104,8 +104,13 @@ def test_padding_is_dropped_first_and_does_not_change_results():
     with torch.no_grad():
         alone = model(ids, mask, types, length_config=lengths, output_hidden_states=True)
         pad = torch.zeros(1, 20, dtype=torch.long)
-        padded = model(torch.cat([ids, pad], 1), torch.cat([mask, pad], 1), torch.cat([types, pad], 1),
-                       length_config=lengths, output_hidden_states=True)
+        padded = model(
+            torch.cat([ids, pad], 1),
+            torch.cat([mask, pad], 1),
+            torch.cat([types, pad], 1),
+            length_config=lengths,
+            output_hidden_states=True,
+        )
     assert torch.allclose(alone.start_logits, padded.start_logits[:, :12], atol=1e-5)
     # clip rule: at most n_i real tokens survive, and no padding position is ever alive
     assert [a.sum().item() for a in padded.alive] == [10, 6, 2]
@@ -135,7 +140,8 @@ def test_layer_skip_keeps_previous_length():
     [
         ("1,2", "one token count per layer"),
         ("5,6,4,3", "non-increasing"),
-        ("5,4,0,0", ">= 1"),
+        ("0,0,0,0", r"length_config\[0\] must be >= 1"),
+        ("5,4,-1,-1", r"length_config\[2\] must be >= 0"),
         ("500,4,3,2", "exceeds"),
         ("a,b", "comma-separated integers"),
     ],

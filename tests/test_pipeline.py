@@ -28,8 +28,9 @@ def slice_of_demo(tmp_path):
 
 def test_demo_pipeline_slice_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run_cli(["pipeline", "--config", slice_of_demo(tmp_path), "--output-dir", out,
-                                 "--no-progress"], capsys)
+    code, stdout, err = run_cli(
+        ["pipeline", "--config", slice_of_demo(tmp_path), "--output-dir", out, "--no-progress"], capsys
+    )
     assert code == 0, err
     state = json.loads((out / "pipeline.json").read_text())
     assert list(state["completed"]) == list(STAGES)
@@ -42,13 +43,39 @@ def test_demo_pipeline_slice_end_to_end_and_resume(tmp_path, capsys):
     report = (out / "report" / "REPORT.md").read_text()
     assert "tokens per layer" in report and "say nothing about accuracy" in report
     rows = json.loads((out / "report" / "report.json").read_text())["rows"]
-    assert {r["model"] for r in rows} >= {"fp32", "int8"}
+    assert {r["model"] for r in rows} >= {"fp32", "int8", "int8, windows 256/128", "int8, first 4 layers"}
+    assert "## Token dropping against the simple alternatives" in report and "- serving, batch 1: " in report
+    bench = json.loads((out / "benchmark" / "benchmark.json").read_text())
+    assert {r["name"] for r in bench["rows"] if r["kind"] == "baseline"} == {
+        f"MiniLM int8 ONNX Runtime, {b}"
+        for b in ("windows 256/128", "windows 192/64", "first 4 layers", "first 5 layers")
+    }
     assert (out / "report" / "pareto.png").is_file()
     # a second run skips every completed stage
-    code, stdout, err = run_cli(["pipeline", "--config", slice_of_demo(tmp_path), "--output-dir", out,
-                                 "--no-progress"], capsys)
+    code, stdout, err = run_cli(
+        ["pipeline", "--config", slice_of_demo(tmp_path), "--output-dir", out, "--no-progress"], capsys
+    )
     assert code == 0, err
     assert stdout.count("complete, skipped") == len(STAGES)
+    # the lead's re-benchmark of a finished run: only benchmark and report, on the earlier stages' models
+    code, stdout, err = run_cli(
+        [
+            "pipeline",
+            "--config",
+            slice_of_demo(tmp_path),
+            "--output-dir",
+            out,
+            "--stages",
+            "benchmark,report",
+            "--rerun",
+            "benchmark,report",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    models = json.loads((out / "benchmark" / "benchmark.json").read_text())["sample"]["models"]
+    assert models["model"] == str(out / "lengthdrop") and models["int8"] == str(out / "quantize")
 
 
 def test_pipeline_bad_input(tmp_path, capsys):
@@ -71,12 +98,55 @@ def test_pipeline_several_processes_run_only_training(tmp_path, capsys, monkeypa
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_report_comparison_section_sets_clip_beside_ratio():
+    from quala.report import comparison_section
+
+    card = [315, 251, 242, 159, 142, 33]
+
+    def bench_row(protocol, bs, name, lengths, f1, delta, ms, speedup):
+        return {
+            "protocol": protocol,
+            "batch_size": bs,
+            "name": name,
+            "length_config": lengths,
+            "f1": f1,
+            "f1_delta_vs_fp32": delta,
+            "latency_ms_median": ms,
+            "speedup_vs_bert_base": speedup,
+        }
+
+    bench = {
+        "sample": {"paper_config": card},
+        "verdicts": {"serving, batch 1": "front is dominated by MiniLM int8 between 25.5 and 30.3 ms"},
+        "rows": [
+            bench_row("serving", 1, "LA int8 (model card config)", card, 40.1, -22.04, 20.0, 15.0),
+            bench_row("papers", 32, "BERT-base", None, None, None, 666.7, 1.0),
+            bench_row("papers", 32, "LA int8 (model card config)", card, 61.2, -0.96, 30.0, 22.22),
+        ],
+    }
+    text = "\n".join(comparison_section(bench))
+    assert "- serving, batch 1: front is dominated by MiniLM int8 between 25.5 and 30.3 ms." in text
+    assert "| BERT-base | full | – | – | 666.7 | 1.00 |" in text
+    assert "| LA int8 (model card config) | 315,251,242,159,142,33 | 61.20 | -0.96 | 30.0 | 22.22 |" in text
+    assert (
+        "F1 61.20 (-0.96 vs fp32) under the papers' `clip` rule on inputs padded to 384, and F1 40.10 (-22.04) "
+        "under the `ratio` rule"
+    ) in text
+
+
 def test_report_operating_point_is_cheapest_int8_config_within_one_f1():
     from quala.report import headline
 
     def row(model, lengths, f1, macs, ms):
-        return {"model": model, "length_config": lengths, "f1": f1, "macs": macs, "latency_ms": ms,
-                "speedup_vs_bert_base": 800 / ms, "speedup_vs_minilm_fp32": 100 / ms}
+        return {
+            "model": model,
+            "length_config": lengths,
+            "f1": f1,
+            "macs": macs,
+            "latency_ms": ms,
+            "speedup_vs_bert_base": 800 / ms,
+            "speedup_vs_minilm_fp32": 100 / ms,
+        }
 
     rows = [
         row("fp32", None, 80.0, 100, 100.0),
@@ -105,8 +175,11 @@ def test_spread_configs_keeps_ends_and_spreads_over_macs():
 
 @pytest.mark.parametrize(
     "prefix, module, cls",
-    [("pipeline-", "quala.pipeline", "PipelineConfig"), ("train-", "quala.train", "TrainConfig"),
-     ("search-", "quala.search", "SearchConfig")],
+    [
+        ("pipeline-", "quala.pipeline", "PipelineConfig"),
+        ("train-", "quala.train", "TrainConfig"),
+        ("search-", "quala.search", "SearchConfig"),
+    ],
 )
 def test_every_packaged_config_resolves(prefix, module, cls):
     """Each YAML in configs/ is valid for its dataclass (unknown keys and bad values raise)."""

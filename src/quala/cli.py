@@ -380,8 +380,15 @@ def benchmark(
     ] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (serving protocol).")] = "1,32",
     protocol: Annotated[
-        str, typer.Option(help="serving (real lengths), paper (padded to 384, batch 32), or both.")
+        str,
+        typer.Option(
+            help="serving (real lengths, the model's length rule), papers (padded to 384, batch 32, clip rule), "
+            "or both."
+        ),
     ] = "both",
+    baselines: Annotated[
+        str, typer.Option(help="all: also time int8 with windows 256/128 and 192/64 and with 4 and 5 layers; none.")
+    ] = "all",
     length_configs: Annotated[
         str | None,
         typer.Option(help="Length configs for the LA rows, separated by ';' (default: the model's search front)."),
@@ -396,7 +403,7 @@ def benchmark(
     label: Annotated[str, typer.Option(help="Name of the model in the rows.")] = "MiniLM",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Time BERT-base, fp32/int8 and length-adaptive int8 engines side by side on real SQuAD questions."""
+    """Time BERT-base, fp32/int8, length-adaptive int8 and the simple baselines side by side on real SQuAD questions."""
     from quala.benchmark import PROTOCOLS
     from quala.benchmark import benchmark as run_benchmark
 
@@ -408,11 +415,11 @@ def benchmark(
         raise QualaError("--batch-sizes is empty")
     protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
     if any(p not in PROTOCOLS for p in protocols):
-        raise QualaError(f"--protocol must be serving, paper or both; got {protocol!r}")
+        raise QualaError(f"--protocol must be serving, papers or both; got {protocol!r}")
     configs = [c for c in length_configs.split(";") if c.strip()] if length_configs is not None else None
     result = run_benchmark(
         model, data, output, articles, max_examples, sizes, protocols, baseline_model, configs, onnx_model,
-        int8_model, threads, label, progress,
+        int8_model, threads, label, progress, baselines,
     )
     _emit({"output": str(output), "rows": len(result.rows)})
 

@@ -116,10 +116,9 @@ class OnnxPredictor:
         providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(directory / LA_GRAPH), options, providers=providers)
         full = directory / FULL_GRAPH
-        self.full_session = (
-            ort.InferenceSession(str(full), options, providers=providers) if full.is_file() else None
-        )
+        self.full_session = ort.InferenceSession(str(full), options, providers=providers) if full.is_file() else None
         self.input_names = {i.name for i in self.session.get_inputs()}
+        self._options, self._depth_sessions = options, {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, threads: int | None = None) -> OnnxPredictor:
@@ -127,18 +126,40 @@ class OnnxPredictor:
 
     def logits(self, batch: dict[str, np.ndarray], length_config: Sequence[int] | None) -> SpanLogits:
         feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in batch.items() if k in self.input_names}
-        if length_config is None and self.full_session is not None:
+        n = int(self.model_config.num_hidden_layers)
+        counts = None if length_config is None else [int(c) for c in length_config]
+        if counts is not None:
+            validate_length_config(counts, n)
+        depth = n if counts is None else sum(c > 0 for c in counts)
+        if depth < n:
+            start, end = self._depth_session(counts, depth).run(None, feed)
+        elif counts is None and self.full_session is not None:
             start, end = self.full_session.run(None, feed)
         else:
-            n = int(self.model_config.num_hidden_layers)
-            if length_config is None:  # the ratio rule at the reference length keeps every real token
-                counts = [self.la_config.reference_length] * n
-            else:
-                counts = [int(c) for c in length_config]
-                validate_length_config(counts, n)
+            # the ratio rule at the reference length keeps every real token
+            counts = counts or [self.la_config.reference_length] * n
             feed["length_config"] = np.asarray(counts, dtype=np.int64)
             start, end = self.session.run(None, feed)
         return SpanLogits(start, end)
+
+    def _depth_session(self, counts: list[int], depth: int) -> Any:
+        """A session on the full-length graph cut to ``depth`` layers (built once per depth)."""
+        import onnxruntime as ort
+
+        from quala.export import FULL_GRAPH, truncate_graph
+
+        ref = self.la_config.reference_length
+        if counts[:depth] != [ref] * depth:
+            raise QualaError(
+                f"ONNX Runtime runs a depth configuration at full length only: give {ref} for each layer it runs, "
+                f"then 0 (e.g. {','.join(map(str, [ref] * depth + [0] * (len(counts) - depth)))}); got {counts}"
+            )
+        if self.full_session is None:
+            raise QualaError(f"{self.directory} has no {FULL_GRAPH}, which depth configurations run on; re-export it")
+        if depth not in self._depth_sessions:
+            graph = truncate_graph(self.directory / FULL_GRAPH, depth, len(counts))
+            self._depth_sessions[depth] = ort.InferenceSession(graph, self._options, providers=["CPUExecutionProvider"])
+        return self._depth_sessions[depth]
 
 
 _BACKENDS: dict[str, Any] = {"torch": TorchPredictor, "onnxruntime": OnnxPredictor}

@@ -128,9 +128,7 @@ def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path) -> Path:
     return path
 
 
-def export_full_length(
-    model: LengthAdaptiveQA, path: str | Path, optimize: bool = True
-) -> dict[str, int] | None:
+def export_full_length(model: LengthAdaptiveQA, path: str | Path, optimize: bool = True) -> dict[str, int] | None:
     """Export the full-length encoder and fuse it with ONNX Runtime's transformer optimizer.
 
     Returns the fused-operator counts (``None`` without ``optimize``). Fusion needs eager attention and the
@@ -170,11 +168,46 @@ def fuse_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, 
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items()}
     missing = [op for op in FUSED_OPS if stats.get(op, 0) == 0]
     if missing:
-        raise QualaError(
-            f"ONNX Runtime did not fuse {missing} in {path}; export with eager attention, opset {OPSET}"
-        )
+        raise QualaError(f"ONNX Runtime did not fuse {missing} in {path}; export with eager attention, opset {OPSET}")
     opt.save_model_to_file(str(path))
     return stats
+
+
+def truncate_graph(path: str | Path, depth: int, num_layers: int) -> bytes:
+    """The fused full-length graph cut to its first ``depth`` layers (a depth configuration, see
+    :func:`quala.model.depth_config`), serialized for an ONNX Runtime session.
+
+    A fused BERT layer ends in two ``SkipLayerNormalization`` nodes (after attention, after the FFN): the span head
+    is rewired from the last layer's output to layer ``depth``'s, and nodes no graph output needs are removed, so
+    the cut graph costs what a ``depth``-layer model would.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    norms = [n for n in graph.node if n.op_type == "SkipLayerNormalization"]  # in layer order (topological)
+    if len(norms) != 2 * num_layers:
+        raise QualaError(
+            f"{path} has {len(norms)} SkipLayerNormalization nodes, not 2 per layer ({num_layers} layers): "
+            "depth configurations need the fused full-length graph of quala export"
+        )
+    last, cut = norms[-1].output[0], norms[2 * depth - 1].output[0]
+    for node in graph.node:  # the span head (and its quantization) reads the cut layer instead
+        for j, name in enumerate(node.input):
+            if name == last:
+                node.input[j] = cut
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):  # nodes are topologically sorted: walk back from the outputs
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return model.SerializeToString()
 
 
 def copy_model_files(source: str | Path, output: Path, model: LengthAdaptiveQA) -> None:
@@ -189,12 +222,20 @@ def copy_model_files(source: str | Path, output: Path, model: LengthAdaptiveQA) 
         shutil.copyfile(src / "search.json", output / "search.json")
 
 
-def export_model(source: str | Path, output: str | Path, full_graph: bool = True) -> ExportResult:
-    """Export ``source`` (a model directory or ``packaged:minilm``) to an ONNX Runtime model directory."""
+def export_model(
+    source: str | Path, output: str | Path, full_graph: bool = True, length_rule: str | None = None
+) -> ExportResult:
+    """Export ``source`` (a model directory or ``packaged:minilm``) to an ONNX Runtime model directory.
+
+    ``length_rule`` overrides the model's rule (the graph computes kept counts with it; see
+    :class:`~quala.config.LengthAdaptiveConfig`), e.g. ``"clip"`` for the papers' protocol.
+    """
     from quala.io import write_manifest
 
     output = Path(output)
     model = LengthAdaptiveQA.from_pretrained(source)
+    if length_rule is not None:
+        model.la_config = dataclasses.replace(model.la_config, length_rule=length_rule)
     with staging_dir(output) as tmp:
         export_length_adaptive(model, tmp / LA_GRAPH)
         fusion = export_full_length(model, tmp / FULL_GRAPH) if full_graph else None

@@ -93,7 +93,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, core count and library versions, stored next to every timing."""
+    """CPU, its int8/bf16-relevant instruction sets, core count and library versions, stored next to every timing."""
     import torch
 
     info: dict[str, Any] = {

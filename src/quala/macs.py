@@ -5,7 +5,9 @@ encoder layers, how many tokens survive that layer's Drop-and-Restore step
 (Kim & Cho 2021, "Length-Adaptive Transformer", arXiv 2010.07003, §3):
 layer ``i`` runs self-attention on the ``n_{i-1}`` tokens still alive
 (``n_0 = L``, the sequence length) and keeps ``n_i`` of them for its FFN.
-``None`` means full length (``n_i = L`` for every layer).
+``None`` means full length (``n_i = L`` for every layer). ``n_i = 0`` skips layer ``i`` and, the
+configuration being non-increasing, every later one: ``(L,) * k + (0,) * (N - k)`` runs the first ``k``
+layers only (a depth configuration; tokens reach the span head with their layer-``k`` states).
 
 The count follows the convention used by LAT §3 and by the QuaLA-MiniLM paper
 (Guskin et al. 2022, arXiv 2210.17114), with ``d`` the hidden size and ``f``
@@ -61,20 +63,18 @@ class MacsBreakdown:
     @property
     def total(self) -> int:
         """Sum of all components (the formula's value)."""
-        return (
-            self.attention_projections + self.attention_scores + self.ffn + self.span_head + self.embeddings
-        )
+        return self.attention_projections + self.attention_scores + self.ffn + self.span_head + self.embeddings
 
 
-def _positive_int(value: Any, name: str) -> int:
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got the bool {value!r}")
     try:
         result = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
-    if result < 1:
-        raise ValueError(f"{name} must be >= 1, got {result}")
+    if result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {result}")
     return result
 
 
@@ -90,14 +90,13 @@ def _model_dims(config: Any) -> tuple[int, int, int]:
     return dims[0], dims[1], dims[2]
 
 
-def validate_length_config(
-    length_config: Sequence[int] | None, num_layers: int, seq_length: int
-) -> tuple[int, ...]:
+def validate_length_config(length_config: Sequence[int] | None, num_layers: int, seq_length: int) -> tuple[int, ...]:
     """Check a length configuration and return it as a tuple of ints.
 
     ``None`` expands to ``(seq_length,) * num_layers``. Otherwise the
-    configuration must have exactly ``num_layers`` integer entries, each
-    ``>= 1``, non-increasing, with the first ``<= seq_length``.
+    configuration must have exactly ``num_layers`` integer entries, the
+    first in ``[1, seq_length]``, the others ``>= 0`` (0: layer skipped),
+    non-increasing.
 
     Raises:
         ValueError: describing what to fix.
@@ -117,7 +116,7 @@ def validate_length_config(
             f"length_config has {len(length_config)} entries but the model has {num_layers} layers; "
             f"give exactly one token count per layer"
         )
-    lengths = tuple(_positive_int(n, f"length_config[{i}]") for i, n in enumerate(length_config))
+    lengths = tuple(_positive_int(n, f"length_config[{i}]", int(i == 0)) for i, n in enumerate(length_config))
     if lengths[0] > seq_length:
         raise ValueError(
             f"length_config[0]={lengths[0]} exceeds seq_length={seq_length}; a layer cannot keep more "
@@ -132,9 +131,7 @@ def validate_length_config(
     return lengths
 
 
-def count_macs(
-    config: Any, seq_length: int = 384, length_config: Sequence[int] | None = None
-) -> MacsBreakdown:
+def count_macs(config: Any, seq_length: int = 384, length_config: Sequence[int] | None = None) -> MacsBreakdown:
     """MACs of one extractive-QA forward pass (batch size 1) under a length configuration.
 
     Implements ``sum_i [4 n_{i-1} d^2 + 2 n_{i-1}^2 d + 2 n_i d f] + 2 L d``
@@ -158,6 +155,8 @@ def count_macs(
     projections = scores = ffn = 0
     alive = seq_length  # n_{i-1}
     for kept in lengths:  # n_i
+        if kept == 0:  # skipped layer, and every later one
+            break
         projections += 4 * alive * d * d
         scores += 2 * alive * alive * d
         ffn += 2 * kept * d * f

@@ -77,6 +77,14 @@ def validate_length_config(values: Sequence[int], num_layers: int, reference_len
         raise QualaError(f"invalid length config {list(values)}: {exc}") from None
 
 
+def depth_config(depth: int, num_layers: int, reference_length: int) -> list[int]:
+    """The first ``depth`` layers at full length and the rest skipped (0 tokens): the model cut to ``depth`` layers,
+    as LayerDrop-trained models tolerate (Fan et al. 2020, §4), served like any length configuration."""
+    if not 1 <= depth <= num_layers:
+        raise QualaError(f"depth must be between 1 and the model's {num_layers} layers, got {depth}")
+    return [reference_length] * depth + [0] * (num_layers - depth)
+
+
 def keep_counts(n_i: int | torch.Tensor, real: torch.Tensor, alive: torch.Tensor, rule: str, ref: int) -> torch.Tensor:
     """Tokens each row keeps at a layer configured for ``n_i`` (see :class:`LengthAdaptiveConfig`)."""
     if rule == "ratio":
@@ -167,8 +175,9 @@ class LengthAdaptiveQA(nn.Module):
     ) -> LengthAdaptiveQAOutput:
         """Span logits with Drop-and-Restore.
 
-        ``length_config``: ``None`` (full length), a validated list of per-layer counts, or an int64 tensor of
-        shape ``(N,)`` (graph input for ONNX export: every layer then computes significance).
+        ``length_config``: ``None`` (full length), a validated list of per-layer counts (0: this and later layers
+        skipped, see :func:`depth_config`), or an int64 tensor of shape ``(N,)`` (graph input for ONNX export:
+        every layer then computes significance; counts must be >= 1).
         ``skip_layers``: layers to skip (LayerDrop, Fan et al. 2020); a skipped layer keeps the previous length.
         """
         B, L = input_ids.shape
@@ -201,6 +210,8 @@ class LengthAdaptiveQA(nn.Module):
             else:
                 n_i, drop = int(length_config[i]), int(length_config[i]) < prev
                 prev = n_i
+                if n_i == 0:  # a depth configuration: this layer and every later one are skipped
+                    break
             attn_out, probs = self._attention(layer, h, mask, need_probs=drop or output_attentions)
             if attns is not None:
                 attns.append(probs)
@@ -229,6 +240,9 @@ class LengthAdaptiveQA(nn.Module):
                 hiddens.append(h if buffer is None else buffer[:, :L])
                 alive_out.append(_alive_positions(positions, mask, B, L))
         sequence = h if buffer is None else buffer[:, :L]  # (B, L, D)
+        if hiddens is not None:  # skipped layers (a depth configuration) pass their input through
+            hiddens += [hiddens[-1]] * (self.num_layers + 1 - len(hiddens))
+            alive_out += [alive_out[-1] if alive_out else mask] * (self.num_layers - len(alive_out))
         logits = self.qa_outputs(sequence)  # (B, L, 2)
         start_logits, end_logits = logits.unbind(dim=-1)
         return LengthAdaptiveQAOutput(

@@ -48,8 +48,12 @@ class EvaluateStage:
 class BenchmarkStage:
     max_examples: int | None = 100
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    protocols: list[str] = field(default_factory=lambda: ["serving", "paper"])
+    protocols: list[str] = field(default_factory=lambda: ["serving", "papers"])
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        # resolved configs written before the papers' protocol got its clip rule name it "paper"
+        self.protocols = ["papers" if p == "paper" else p for p in self.protocols]
 
 
 @dataclass
@@ -67,6 +71,9 @@ class PipelineConfig:
     # evaluate and benchmark at most this many front configurations besides full length, spread evenly over
     # MACs (cheapest and dearest included); None: every point. The engine still serves the whole front.
     front_points: int | None = None
+    # the simple alternatives to token dropping (int8 with shorter windows, int8 with fewer layers) in the evaluate
+    # and benchmark stages: all | none
+    baselines: str = "all"
     finetune: TrainConfig = field(default_factory=TrainConfig)
     lengthdrop: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -78,6 +85,8 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise QualaError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        if self.baselines not in ("all", "none"):
+            raise QualaError(f"baselines must be 'all' or 'none', got {self.baselines!r}")
         if self.front_points is not None and self.front_points < 1:
             raise QualaError(f"front_points must be >= 1 (or null for every point), got {self.front_points}")
 
@@ -109,7 +118,7 @@ def preset_path(name: str) -> Path:
 def resolve_path(path: str) -> str:
     """Expand ``quala:...`` to a file inside the installed package."""
     if path.startswith(PACKAGE_PREFIX):
-        return str(resources.files("quala") / path[len(PACKAGE_PREFIX):])
+        return str(resources.files("quala") / path[len(PACKAGE_PREFIX) :])
     return path
 
 
@@ -142,6 +151,10 @@ class Pipeline:
     def dir(self, stage: str) -> Path:
         return self.root / stage
 
+    def has(self, stage: str) -> bool:
+        """Whether ``stage`` runs now or completed in an earlier run (its directory is then usable)."""
+        return stage in self.config.stages or stage in self.state["completed"]
+
     def front_configs(self) -> list[list[int]]:
         """The front configurations (full length excluded) that the evaluate and benchmark stages measure."""
         from transformers import AutoConfig
@@ -150,16 +163,25 @@ class Pipeline:
         from quala.quantize import reference_length
 
         config = AutoConfig.from_pretrained(self.trained_model)
-        full = [reference_length(config)] * int(config.num_hidden_layers)  # the same model as full length
-        points = [(p.macs, p.length_config) for p in load_front(self.trained_model, 0)
-                  if p.length_config is not None and p.length_config != full]
+        full = [reference_length(config)] * self.num_layers  # the same model as full length
+        points = [
+            (p.macs, p.length_config)
+            for p in load_front(self.trained_model, 0)
+            if p.length_config is not None and p.length_config != full
+        ]
         return spread_configs(points, self.config.front_points)
+
+    @property
+    def num_layers(self) -> int:
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(self.trained_model).num_hidden_layers)
 
     @property
     def trained_model(self) -> Path:
         """The model the later stages use: the LengthDrop model, else the fine-tuned one."""
         for stage in ("lengthdrop", "finetune"):
-            if stage in self.config.stages or stage in self.state["completed"]:
+            if self.has(stage):
                 return self.dir(stage)
         return Path(resolve_path(self.config.model))
 
@@ -237,8 +259,9 @@ class Pipeline:
         return {"best_f1": result.best_f1, "steps": result.steps, "examples_per_second": result.examples_per_second}
 
     def _finetune(self, progress: bool) -> dict:
-        return self._train(self.config.finetune, resolve_path(self.config.model), self.dir("finetune"), progress,
-                           length_drop=False)
+        return self._train(
+            self.config.finetune, resolve_path(self.config.model), self.dir("finetune"), progress, length_drop=False
+        )
 
     def _lengthdrop(self, progress: bool) -> dict:
         start = self.dir("finetune") if "finetune" in self.config.stages else Path(resolve_path(self.config.model))
@@ -248,8 +271,14 @@ class Pipeline:
         from quala.search import search
 
         result, document = search(
-            str(self.trained_model), self.validation_file, self.config.validation_articles, self.dir("search"),
-            self.config.search, backend="torch", attach=True, progress=progress,
+            str(self.trained_model),
+            self.validation_file,
+            self.config.validation_articles,
+            self.dir("search"),
+            self.config.search,
+            backend="torch",
+            attach=True,
+            progress=progress,
         )
         if not result.completed:
             raise QualaError("the search stopped before completing (max_evaluations); re-run to continue")
@@ -263,12 +292,15 @@ class Pipeline:
         if out.exists():  # an interrupted quantization: start it again
             shutil.rmtree(out)
         calibration = (self.validation_file, self.config.validation_articles) if q.mode == "static" else (None, None)
-        result = quantize_model(str(self.trained_model), out, q.mode, calibration[0], calibration[1], q.keep_fp32,
-                                q.calibration_features)
+        result = quantize_model(
+            str(self.trained_model), out, q.mode, calibration[0], calibration[1], q.keep_fp32, q.calibration_features
+        )
         return {"size_mb": result.size_mb, "mode": result.mode}
 
     def _evaluate(self, progress: bool) -> dict:
-        """Validation F1 of the fp32 and int8 models at full length and at the front points (``front_points``)."""
+        """Validation F1 of the fp32 and int8 models at full length and at the front points (``front_points``),
+        and of the baselines (``baselines``) on the int8 model (fp32 without a quantize stage)."""
+        from quala.benchmark import baseline_specs
         from quala.config import EvalConfig
         from quala.data import load_squad
         from quala.engine import load_predictor
@@ -277,7 +309,7 @@ class Pipeline:
         e = self.config.evaluate
         data = load_squad(self.validation_file, self.config.validation_articles, e.max_examples)
         fp32 = load_predictor(self.trained_model, backend="torch")
-        int8 = load_predictor(self.dir("quantize"), backend="auto") if "quantize" in self.config.stages else None
+        int8 = load_predictor(self.dir("quantize"), backend="auto") if self.has("quantize") else None
         configs: list[list[int] | None] = [None, *self.front_configs()]  # full length first
         rows = []
         for name, predictor in (("fp32", fp32), ("int8", int8)):
@@ -286,8 +318,25 @@ class Pipeline:
             for lengths in configs:
                 result, _ = evaluate(predictor, data, lengths, EvalConfig(batch_size=e.batch_size), progress=progress)
                 rows.append({"model": name, "backend": predictor.backend, **result.to_dict()})
-                print(f"[evaluate] {name} {lengths or 'full'}: F1 {result.f1:.2f} EM {result.exact_match:.2f}",
-                      flush=True)
+                print(
+                    f"[evaluate] {name} {lengths or 'full'}: F1 {result.f1:.2f} EM {result.exact_match:.2f}", flush=True
+                )
+        name, predictor = ("int8", int8) if int8 is not None else ("fp32", fp32)
+        specs = baseline_specs(self.num_layers, predictor.la_config.reference_length)
+        for baseline, data_config, lengths in specs if self.config.baselines == "all" else []:
+            settings = EvalConfig(batch_size=e.batch_size, data=data_config)
+            result, _ = evaluate(predictor, data, lengths, settings, progress=progress)
+            rows.append(
+                {
+                    "model": name,
+                    "backend": predictor.backend,
+                    "baseline": baseline,
+                    "max_seq_length": data_config.max_seq_length,
+                    "doc_stride": data_config.doc_stride,
+                    **result.to_dict(),
+                }
+            )
+            print(f"[evaluate] {name} {baseline}: F1 {result.f1:.2f} EM {result.exact_match:.2f}", flush=True)
         out = self.dir("evaluate")
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "evaluation.json", {"data": data.describe(), "rows": rows})
@@ -298,12 +347,24 @@ class Pipeline:
         from quala.benchmark import benchmark
 
         b = self.config.benchmark
-        int8 = str(self.dir("quantize")) if "quantize" in self.config.stages else None
+        int8 = str(self.dir("quantize")) if self.has("quantize") else None
         configs = self.front_configs()
         result = benchmark(
-            str(self.trained_model), self.validation_file, self.dir("benchmark"), self.config.validation_articles,
-            b.max_examples, b.batch_sizes, b.protocols, None, configs or None, None, int8, b.threads, "MiniLM",
+            str(self.trained_model),
+            self.validation_file,
+            self.dir("benchmark"),
+            self.config.validation_articles,
+            b.max_examples,
+            b.batch_sizes,
+            b.protocols,
+            None,
+            configs or None,
+            None,
+            int8,
+            b.threads,
+            "MiniLM",
             progress,
+            self.config.baselines,
         )
         return {"rows": len(result.rows)}
 
