@@ -154,11 +154,11 @@ def test_verdict_on_synthetic_rows():
         row("MiniLM int8 ONNX Runtime, windows 256/128", "baseline", 40.0, 84.0),  # beaten by the 30 ms point
     ]
     assert verdict(rows) == (
-        "front dominates MiniLM int8, first 4 layers, MiniLM int8, windows 256/128 between 10.0 and 30.0 ms; "
-        "is dominated by MiniLM int8 between 30.0 and 30.0 ms"
+        "front dominates MiniLM int8 ORT, first 4 layers, MiniLM int8 ORT, windows 256/128 between 10.0 and 30.0 ms; "
+        "is dominated by MiniLM int8 ORT between 30.0 and 30.0 ms"
     )
     only_lost = [r for r in rows if "first 4" not in r["name"] and "windows" not in r["name"]]
-    assert verdict(only_lost) == "front is dominated by MiniLM int8 between 30.0 and 30.0 ms"
+    assert verdict(only_lost) == "front is dominated by MiniLM int8 ORT between 30.0 and 30.0 ms"
     apart = [row("LA", "front", 10.0, 70.0), row("int8", "baseline", 20.0, 90.0)]
     assert verdict(apart) == "front neither dominates nor is dominated by any baseline"
     assert verdict([row("int8", "baseline", 20.0, 90.0)]) == "no scored front points to judge"

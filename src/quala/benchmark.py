@@ -154,7 +154,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
         return f"between {min(lat):.1f} and {max(lat):.1f} ms"
 
     def names(points: list[dict[str, Any]]) -> str:
-        return ", ".join(dict.fromkeys(p["name"].replace(" ONNX Runtime", "") for p in points))
+        return ", ".join(dict.fromkeys(p["name"].replace(" ONNX Runtime", " ORT") for p in points))
 
     beaten = [o for o in others if any(_dominates(f, o) for f in front)]
     winning = [f for f in front if any(_dominates(f, o) for o in others)]
