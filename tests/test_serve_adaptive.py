@@ -101,6 +101,26 @@ def test_choice_accounts_for_the_batch_size():
     assert t.choose(batch=1) == BEST
 
 
+def test_request_size_scales_the_prediction_and_the_choice():
+    """With ref_chars, a request counts as (question + context characters) / ref_chars units: a long document
+    (several windows) is predicted as a call of that many units, a short one as a fraction of one."""
+    cost = CostModel(FIRST, EXTRA, fake_macs, ref_chars=100)
+    short, typical, long = [("q" * 10, "c" * 15)], [("q" * 20, "c" * 80)], [("q" * 20, "c" * 280)]
+    assert [cost.units(x) for x in (short, typical, long)] == [0.25, 1.0, 3.0]
+    assert cost.units(typical + long) == 4.0
+    assert cost.predict(MID.length_config, 0.25) == pytest.approx(0.25 * 0.044)
+    assert cost.predict(MID.length_config, 0.1) == pytest.approx(0.25 * 0.044)  # never below a quarter
+    assert cost.predict(MID.length_config, 3.0) == pytest.approx(0.044 + 2 * 0.020)
+    assert CostModel(FIRST, EXTRA, fake_macs).units(long) == 1.0  # without ref_chars: one unit per question
+    t = LatencyTarget(TARGET_S, FRONT, cost, Backlog(FakeClock()))
+    # idle, plan 120 ms: the typical question gets BEST (64 ms); the long one would take BEST 64 + 2 * 30 =
+    # 124 ms, MID 44 + 2 * 20 = 84 ms: MID
+    assert t.choose(cost.units(typical)) == BEST
+    assert t.choose(cost.units(long)) == MID
+    cost.observe(MID.length_config, 3.0, 2 * 0.084)  # a long call that took twice its prediction
+    assert cost.scale == pytest.approx(0.9 + 0.1 * 2.0)
+
+
 @pytest.mark.parametrize(
     "front",
     [FRONT, [FULL, CHEAP], [CHEAP], [FrontPoint(None, None, 400, None)]],

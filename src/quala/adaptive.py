@@ -37,6 +37,7 @@ CALIBRATION_BATCH = 8  # second batch size timed at start-up; larger batches are
 CALIBRATION_REPS = 3  # batch-1 timings per configuration (median), interleaved over the front
 CALIBRATION_BUDGET_S = 30.0  # start-up time allowed for calibration (an overloaded machine gets fewer timings)
 EWMA_ALPHA = 0.1  # weight of the newest observed/predicted ratio
+MIN_UNITS = 0.25  # a call costs at least this share of one calibration question's time (fixed overheads)
 RATIO_CLIP = (0.2, 5.0)  # one stalled call (GC, page faults) must not swing the scale by more than this
 CALIBRATION_DATA = "assets/demo/dev.json"  # packaged questions timed at start-up
 
@@ -81,29 +82,44 @@ class CostModel:
     correction.
     """
 
-    def __init__(self, first: Line, extra: Line, macs_of: Callable[[Key], int], alpha: float = EWMA_ALPHA):
+    def __init__(self, first: Line, extra: Line, macs_of: Callable[[Key], int], alpha: float = EWMA_ALPHA,
+                 ref_chars: float | None = None):
         self.first = first
         self.extra = extra
         self.macs_of = macs_of
         self.alpha = alpha
+        # mean characters (question + context) of the calibration questions: a request's size in those units
+        # scales its predicted time, so a long document (several windows) is not predicted like a short one.
+        # None: every question counts as one unit.
+        self.ref_chars = ref_chars
         self.scale = 1.0  # EWMA of observed / calibrated time
         self.measured: list[dict[str, Any]] = []  # the calibration timings behind the lines (GET /v1/model)
         self._macs: dict[Key, int] = {}
 
-    def calibrated(self, length_config: Sequence[int] | None, n: int) -> float:
-        """Seconds of one call of ``n`` questions at ``length_config`` as calibrated (without the online scale)."""
+    def units(self, items: Sequence[tuple[str, str]]) -> float:
+        """Size of a call's questions in calibration-question units (their number without ``ref_chars``)."""
+        if not self.ref_chars:
+            return float(len(items))
+        return sum((len(q) + len(c)) / self.ref_chars for q, c in items)
+
+    def calibrated(self, length_config: Sequence[int] | None, n: float) -> float:
+        """Seconds of one call of ``n`` question units at ``length_config`` as calibrated (without the online
+        scale): the first unit costs ``first``, each further one ``extra``; less than one unit (a short
+        question, dynamic padding) costs that fraction of ``first``, at least a quarter of it."""
         key = config_key(length_config)
         if key not in self._macs:
             self._macs[key] = int(self.macs_of(key))
         m = self._macs[key]
-        return self.first(m) + (max(n, 1) - 1) * self.extra(m)
+        if n <= 1:
+            return max(n, MIN_UNITS) * self.first(m)
+        return self.first(m) + (n - 1) * self.extra(m)
 
-    def predict(self, length_config: Sequence[int] | None, n: int) -> float:
-        """Seconds of one engine call answering ``n`` questions at ``length_config``."""
+    def predict(self, length_config: Sequence[int] | None, n: float) -> float:
+        """Seconds of one engine call answering ``n`` question units at ``length_config``."""
         return self.scale * self.calibrated(length_config, n)
 
-    def observe(self, length_config: Sequence[int] | None, n: int, seconds: float) -> None:
-        """Fold one measured engine call into the scale."""
+    def observe(self, length_config: Sequence[int] | None, n: float, seconds: float) -> None:
+        """Fold one measured engine call of ``n`` question units into the scale."""
         ratio = float(np.clip(seconds / self.calibrated(length_config, n), *RATIO_CLIP))
         self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
 
@@ -181,7 +197,8 @@ def calibrate(
         )
     else:
         extra = first
-    cost = CostModel(first, extra, lambda key: engine.macs(key))
+    ref_chars = statistics.mean(len(q) + len(c) for q, c in items[: max(batch, reps)])
+    cost = CostModel(first, extra, lambda key: engine.macs(key), ref_chars=ref_chars)
     cost.measured = [
         {
             "length_config": p.length_config,
@@ -273,8 +290,8 @@ class LatencyTarget:
             "measured": c.measured,
         }
 
-    def choose(self, batch: int = 1) -> FrontPoint:
-        """The configuration for a request that will run in a call of ``batch`` questions.
+    def choose(self, batch: float = 1) -> FrontPoint:
+        """The configuration for a request that will run in a call of ``batch`` question units.
 
         When nothing fits (the queue alone is longer than the target), the fastest configuration: the request
         is still answered, as early as possible, and the next ones see a shorter queue.

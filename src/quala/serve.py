@@ -375,6 +375,7 @@ class _Job:
     future: asyncio.Future = field(repr=False)
     enqueued: float = 0.0  # worker clock
     share_s: float = 0.0  # predicted engine seconds this job adds to the backlog (latency-target mode)
+    units: float = 0.0  # its size in calibration-question units (latency-target mode)
 
     @property
     def key(self) -> tuple:
@@ -443,13 +444,14 @@ class EngineWorker:
         if self.target is None:
             job.length_config = length_config  # type: ignore[assignment]
         else:  # choose, predict and queue with no await in between: the backlog is the queue's
-            n = len(items)
+            n, job.units = len(items), self.target.cost.units(items)
             merge = self.micro_batch and mergeable
             batch = min(self.max_batch, n + self.target.backlog.questions) if merge else n
+            batch_units = job.units * batch / n  # the call it will join, in units of its own questions' size
             job.length_config = (
-                self.target.choose(batch).length_config if isinstance(length_config, str) else length_config
+                self.target.choose(batch_units).length_config if isinstance(length_config, str) else length_config
             )
-            job.share_s = self.target.cost.predict(job.length_config, batch) * n / batch
+            job.share_s = self.target.cost.predict(job.length_config, batch_units) * n / batch
             self.target.backlog.add(job.share_s, n)
         self.queue.put_nowait(job)
         return await future
@@ -465,8 +467,7 @@ class EngineWorker:
             if self.target is not None:
                 for job in jobs:
                     self.target.backlog.remove(job.share_s, len(job.items))
-                predicted = [self.target.cost.predict(g[0].length_config, sum(len(j.items) for j in g))
-                             for g in groups]
+                predicted = [self.target.cost.predict(g[0].length_config, sum(j.units for j in g)) for g in groups]
                 self.target.backlog.start(sum(predicted))
             for group in groups:
                 await self._run(loop, group)
@@ -526,7 +527,7 @@ class EngineWorker:
         )
         seconds = self.clock() - t0
         if self.target is not None:
-            self.target.cost.observe(length_config, len(items), seconds)
+            self.target.cost.observe(length_config, self.target.cost.units(items), seconds)
         if self.metrics is not None:
             self.metrics.compute_seconds.observe(seconds)
             self.metrics.batch_questions.observe(len(items))
