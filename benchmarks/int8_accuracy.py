@@ -59,8 +59,7 @@ def main() -> None:
         }
         rows.append(row)
         print(row, flush=True)
-    out = {"machine": machine_info(), "data": squad.describe(), "model": args.model, "int8": args.int8,
-           "rows": rows}
+    out = {"machine": machine_info(), "data": squad.describe(), "model": args.model, "int8": args.int8, "rows": rows}
     write_json_atomic(Path(args.output), out)
 
 

@@ -38,9 +38,7 @@ SETTINGS = {
     "random init, 12 x (4+2)": dict(population=6, random_init=6, iterations=12, mutations=4, crossovers=2),
     "random init, 16 x (4+2)": dict(population=6, random_init=6, iterations=16, mutations=4, crossovers=2),
     "half random init, 10 x (6+3)": dict(population=10, random_init=5, iterations=10, mutations=6, crossovers=3),
-    "pipeline + linear predictor": dict(
-        population=8, iterations=6, mutations=6, crossovers=6, predictor="linear"
-    ),
+    "pipeline + linear predictor": dict(population=8, iterations=6, mutations=6, crossovers=6, predictor="linear"),
     "random init 10, 16 x (4+2) + linear predictor": dict(
         population=10, random_init=10, iterations=16, mutations=4, crossovers=2, predictor="linear"
     ),

@@ -76,10 +76,18 @@ def run(base: dict[str, Any], overrides: dict[str, Any], mode: str, args: argpar
         rate = rate_after_warmup(Path(tmp) / "metrics.jsonl", args.warmup, config.batch_size)
         out: dict[str, Any] = {"features_per_second": round(rate, 3), "features_per_epoch": len(trainer.features)}
         if args.f1_steps:
-            config = from_dict(TrainConfig, {**values, "output_dir": tmp + "-f1", "max_steps": args.f1_steps,
-                                             "eval_file": args.eval_file, "eval_articles": args.eval_articles,
-                                             "max_eval_examples": args.max_eval_examples,
-                                             "eval_every": args.f1_steps})
+            config = from_dict(
+                TrainConfig,
+                {
+                    **values,
+                    "output_dir": tmp + "-f1",
+                    "max_steps": args.f1_steps,
+                    "eval_file": args.eval_file,
+                    "eval_articles": args.eval_articles,
+                    "max_eval_examples": args.max_eval_examples,
+                    "eval_every": args.f1_steps,
+                },
+            )
             out["f1_at_equal_steps"] = build_trainer(config).train().best_f1
     return out
 
@@ -137,9 +145,12 @@ def main() -> None:
         for r in results[mode].values():
             if ref and "features_per_second" in r:
                 r["ratio_to_baseline"] = round(r["features_per_second"] / ref, 3)
-    report = {"machine": machine_info(), "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni",
-                                                                       "avx512_bf16", "amx_bf16", "amx_int8"}),
-              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "results": results}
+    report = {
+        "machine": machine_info(),
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "results": results,
+    }
     write_json_atomic(args.out, report)
     print(json.dumps(report["results"], indent=1))
 

@@ -24,12 +24,20 @@ needs_shared_data = pytest.mark.skipif(not SQUAD_DEV.is_file(), reason=f"shared 
 def tiny_config(family: str = "bert", layers: int = 4, vocab_size: int | None = None):
     from transformers import BertConfig, RobertaConfig
 
-    common = dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
-                  max_position_embeddings=520, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common = dict(
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=520,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     if family == "bert":
         return BertConfig(vocab_size=vocab_size or 30522, **common)
-    return RobertaConfig(vocab_size=vocab_size or 1000, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                         type_vocab_size=1, **common)
+    return RobertaConfig(
+        vocab_size=vocab_size or 1000, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common
+    )
 
 
 def tiny_hf_qa(family: str = "bert", layers: int = 4, seed: int = 0, vocab_size: int | None = None):

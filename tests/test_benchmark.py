@@ -84,8 +84,9 @@ def test_benchmark_writes_all_rows(tiny_model_dir, tmp_path):
     from quala.engine import load_predictor
     from quala.evaluate import evaluate
 
-    reference, _ = evaluate(load_predictor(tiny_model_dir, threads=1), load_squad(str(DEMO_DIR / "dev.json"),
-                                                                                  max_examples=3))
+    reference, _ = evaluate(
+        load_predictor(tiny_model_dir, threads=1), load_squad(str(DEMO_DIR / "dev.json"), max_examples=3)
+    )
     assert eager["f1"] == pytest.approx(reference.f1, abs=0.005)  # the table rounds to 2 decimals
     assert eager["exact_match"] == pytest.approx(reference.exact_match, abs=0.005)
     table = (out / "benchmark.md").read_text()

@@ -62,8 +62,10 @@ def test_parse_forms():
 
 def test_load_front(tmp_path):
     assert load_front(tmp_path, FULL) == [FrontPoint(None, None, FULL, None)]
-    entries = [{"length_config": p.length_config, "f1": p.f1, "exact_match": 0.0, "macs": p.macs,
-                "latency_ms": p.latency_ms} for p in reversed(FRONT)]
+    entries = [
+        {"length_config": p.length_config, "f1": p.f1, "exact_match": 0.0, "macs": p.macs, "latency_ms": p.latency_ms}
+        for p in reversed(FRONT)
+    ]
     (tmp_path / "search.json").write_text(json.dumps({"front": entries}))
     assert load_front(tmp_path, FULL) == FRONT  # sorted cheapest first
     (tmp_path / "search.json").write_text("{}")

@@ -9,8 +9,10 @@ pytest_plugins = ["pytester"]
 
 def test_required_browser_test_fails_instead_of_skipping(pytester, monkeypatch):
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
-    pytester.makepyfile(test_serve_browser="import pytest\n\ndef test_page():\n    pytest.skip('no chromium')\n",
-                        test_other="import pytest\n\ndef test_x():\n    pytest.skip('unrelated')\n")
+    pytester.makepyfile(
+        test_serve_browser="import pytest\n\ndef test_page():\n    pytest.skip('no chromium')\n",
+        test_other="import pytest\n\ndef test_x():\n    pytest.skip('unrelated')\n",
+    )
     monkeypatch.delenv("QUALA_REQUIRE_BROWSER", raising=False)
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(skipped=2)
     monkeypatch.setenv("QUALA_REQUIRE_BROWSER", "1")

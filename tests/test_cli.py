@@ -8,6 +8,11 @@ import pytest
 from conftest import DEMO_DIR, run_cli
 
 
+def evaluate_cli(model, capsys, *extra) -> tuple[int, str, str]:
+    """``quala evaluate`` on the demo dev questions, without a progress bar."""
+    return run_cli(["evaluate", "--model", model, "--data", DEMO_DIR / "dev.json", *extra, "--no-progress"], capsys)
+
+
 def test_evaluate_writes_metrics_and_official_predictions(tiny_model_dir, tmp_path, capsys, monkeypatch):
     """Fixed answers for the 18 questions of demo article 0; EM/F1 computed by hand from the official rules."""
     from types import SimpleNamespace
@@ -26,10 +31,17 @@ def test_evaluate_writes_metrics_and_official_predictions(tiny_model_dir, tmp_pa
 
     monkeypatch.setattr(quala.evaluate, "postprocess", fake_postprocess)
     pred, metrics = tmp_path / "pred.json", tmp_path / "metrics.json"
-    code, out, err = run_cli(
-        ["evaluate", "--model", tiny_model_dir, "--data", DEMO_DIR / "dev.json", "--articles", "0:1",
-         "--length-config", "300,200,100,50", "--predictions-out", pred, "--metrics-out", metrics, "--no-progress"],
+    code, out, err = evaluate_cli(
+        tiny_model_dir,
         capsys,
+        "--articles",
+        "0:1",
+        "--length-config",
+        "300,200,100,50",
+        "--predictions-out",
+        pred,
+        "--metrics-out",
+        metrics,
     )
     assert code == 0, err
     printed = json.loads(out.strip().splitlines()[-1])
@@ -106,14 +118,14 @@ def test_evaluate_refuses_a_directory_as_output_before_any_work(tiny_model_dir, 
     monkeypatch.setattr(quala.engine, "load_predictor", must_not_load)
     (tmp_path / "outdir").mkdir()
     for flag in ("--predictions-out", "--metrics-out"):
-        code, out, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", DEMO_DIR / "dev.json",
-                                  flag, tmp_path / "outdir", "--no-progress"], capsys)
+        code, out, err = evaluate_cli(tiny_model_dir, capsys, flag, tmp_path / "outdir")
         assert code == 2 and out == ""
-        assert err.strip().splitlines() == [f"error: {flag} {tmp_path / 'outdir'} is a directory; give a file path "
-                                            f"such as {tmp_path / 'outdir' / 'out.json'}"]
+        assert err.strip().splitlines() == [
+            f"error: {flag} {tmp_path / 'outdir'} is a directory; give a file path "
+            f"such as {tmp_path / 'outdir' / 'out.json'}"
+        ]
     (tmp_path / "afile").write_text("x")
-    code, _, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", DEMO_DIR / "dev.json",
-                            "--metrics-out", tmp_path / "afile" / "m.json", "--no-progress"], capsys)
+    code, _, err = evaluate_cli(tiny_model_dir, capsys, "--metrics-out", tmp_path / "afile" / "m.json")
     assert code == 2 and "is a file, not a directory" in err and "Traceback" not in err
 
 
@@ -124,8 +136,7 @@ def test_evaluate_prints_scores_even_when_writing_fails(tiny_model_dir, tmp_path
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(quala.evaluate, "write_json_atomic", full_disk)
-    code, out, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", DEMO_DIR / "dev.json",
-                              "--articles", "0:1", "--metrics-out", tmp_path / "m.json", "--no-progress"], capsys)
+    code, out, err = evaluate_cli(tiny_model_dir, capsys, "--articles", "0:1", "--metrics-out", tmp_path / "m.json")
     assert code == 2
     assert "f1" in json.loads(out.strip().splitlines()[-1])  # the finished scores were not lost
     assert err.strip().splitlines() == [f"error: could not write {tmp_path / 'm.json'}: No space left on device"]

@@ -38,9 +38,7 @@ def test_smallest_sub_model_follows_the_rule():
 
 @pytest.mark.parametrize("layer_drop_prob", [0.0, 0.3])
 def test_random_sub_models_are_valid(layer_drop_prob):
-    sampler = LengthDropSampler(
-        num_layers=6, reference_length=384, bound=0.2, layer_drop_prob=layer_drop_prob, seed=1
-    )
+    sampler = LengthDropSampler(num_layers=6, reference_length=384, bound=0.2, layer_drop_prob=layer_drop_prob, seed=1)
     smallest = sampler.smallest().length_config
     seen_skips = 0
     distinct = set()
@@ -57,9 +55,7 @@ def test_random_sub_models_are_valid(layer_drop_prob):
                 assert math.ceil(0.8 * prev) <= n <= prev
             assert n >= 2
             prev = n
-        assert all(a >= b for a, b in zip(lengths, smallest, strict=True)), (
-            "never below the smallest sub-model"
-        )
+        assert all(a >= b for a, b in zip(lengths, smallest, strict=True)), "never below the smallest sub-model"
         assert len(sub.skip_layers) < 6
         seen_skips += len(sub.skip_layers)
     assert len(distinct) > 250
@@ -193,9 +189,7 @@ def test_intermediate_kd_zero_for_identical_models_and_projection_learns():
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
     out = model(ids, mask, output_hidden_states=True, output_attentions=True)
-    same = IntermediateKD(32, 32, [1, 2])(
-        out.hidden_states, out.hidden_states, out.attentions, out.attentions, mask
-    )
+    same = IntermediateKD(32, 32, [1, 2])(out.hidden_states, out.hidden_states, out.attentions, out.attentions, mask)
     assert same.loss.item() == pytest.approx(0.0, abs=1e-7)
     # wider teacher (hidden 48) with twice the layers: student i <-> teacher 2i through a learned projection
     teacher_h = tuple(torch.randn(2, 12, 48) for _ in range(5))

@@ -200,20 +200,33 @@ def test_learning_curves_chain_stages_and_survive_a_resume(tmp_path):
     from quala.report import learning_curves, plot_learning_curves
 
     ft, ld = tmp_path / "ft.jsonl", tmp_path / "ld.jsonl"
-    ft.write_text("\n".join(json.dumps(r) for r in [
-        {"step": 10, "loss": 3.0, "elapsed_s": 1800.0},
-        {"step": 10, "eval_f1": 40.0, "eval_questions": 300},
-        {"step": 20, "loss": 2.0, "elapsed_s": 3600.0},
-        # resumed: the clock restarts at 900 s after the checkpoint at step 20
-        {"step": 30, "loss": 1.5, "elapsed_s": 900.0},
-        {"step": 30, "eval_f1": 55.0, "eval_questions": 300},
-    ]) + "\n")
-    ld.write_text("\n".join(json.dumps(r) for r in [
-        {"step": 5, "loss": 1.0, "elapsed_s": 3600.0},
-        {"step": 5, "eval_f1": 56.0, "eval_f1_smallest": 30.0, "smallest_length_config": [3, 2]},
-    ]) + "\n")
-    curves = learning_curves({"finetune": ft, "lengthdrop": ld, "missing": tmp_path / "no.jsonl"},
-                             {"finetune": 2, "lengthdrop": 1})
+    ft.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"step": 10, "loss": 3.0, "elapsed_s": 1800.0},
+                {"step": 10, "eval_f1": 40.0, "eval_questions": 300},
+                {"step": 20, "loss": 2.0, "elapsed_s": 3600.0},
+                # resumed: the clock restarts at 900 s after the checkpoint at step 20
+                {"step": 30, "loss": 1.5, "elapsed_s": 900.0},
+                {"step": 30, "eval_f1": 55.0, "eval_questions": 300},
+            ]
+        )
+        + "\n"
+    )
+    ld.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"step": 5, "loss": 1.0, "elapsed_s": 3600.0},
+                {"step": 5, "eval_f1": 56.0, "eval_f1_smallest": 30.0, "smallest_length_config": [3, 2]},
+            ]
+        )
+        + "\n"
+    )
+    curves = learning_curves(
+        {"finetune": ft, "lengthdrop": ld, "missing": tmp_path / "no.jsonl"}, {"finetune": 2, "lengthdrop": 1}
+    )
     # finetune: 1800 + 1800 + 900 s on 2 threads = 2.5 core-hours; lengthdrop: 3600 s on 1 thread = 1.0
     assert [(p["stage"], p["step"], p["core_hours"], p["f1"], p["f1_smallest"]) for p in curves["points"]] == [
         ("finetune", 10, 1.0, 40.0, None),
@@ -239,6 +252,7 @@ def test_rerun_redoes_the_stage_and_every_later_one(tmp_path, monkeypatch):
             out.mkdir(parents=True, exist_ok=True)
             (out / "old-output").write_text(stage)
             return {}
+
         return run
 
     for stage in STAGES:
@@ -250,10 +264,12 @@ def test_rerun_redoes_the_stage_and_every_later_one(tmp_path, monkeypatch):
     Pipeline(load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "run")})).run(progress=False)
     assert calls == []  # resume: all complete
     state = Pipeline(load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "run")})).run(
-        progress=False, rerun=("lengthdrop",))
+        progress=False, rerun=("lengthdrop",)
+    )
     assert calls == list(STAGES[1:])  # finetune kept, lengthdrop and everything after it redone
     assert list(state["completed"]) == list(STAGES)
     calls.clear()
     Pipeline(load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "run")})).run(
-        progress=False, rerun=("benchmark",))
+        progress=False, rerun=("benchmark",)
+    )
     assert calls == ["benchmark", "report"]

@@ -30,9 +30,7 @@ def int8_dir(tiny_model_dir, tmp_path_factory):
 def test_int8_directory_layout(int8_dir):
     manifest = read_manifest(int8_dir)
     assert manifest["backend"] == "onnxruntime" and manifest["dtype"] == "int8"
-    assert {"model.onnx", "model_full.onnx", "config.json", "tokenizer.json"} <= {
-        p.name for p in int8_dir.iterdir()
-    }
+    assert {"model.onnx", "model_full.onnx", "config.json", "tokenizer.json"} <= {p.name for p in int8_dir.iterdir()}
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(int8_dir / "model.onnx")).graph.node}
@@ -142,9 +140,7 @@ def test_static_mode_and_fp32_ffn_output(tiny_model_dir, tmp_path):
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     assert read_manifest(out)["mode"] == "static"
-    answer = QAEngine.from_pretrained(out, threads=1).answer(
-        QUESTION, CONTEXT, length_config="300,250,120,40"
-    )
+    answer = QAEngine.from_pretrained(out, threads=1).answer(QUESTION, CONTEXT, length_config="300,250,120,40")
     assert answer.answer == CONTEXT[answer.start : answer.end]
 
 

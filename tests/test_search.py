@@ -392,13 +392,21 @@ def test_training_validation_and_search_pick_the_same_questions(tmp_path, tiny_m
     from quala.data import load_squad
     from quala.train import TrainConfig, build_trainer
 
-    cfg = TrainConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "t"), train_files=[str(DEMO_DEV)],
-                      eval_file=str(DEMO_DEV), max_eval_examples=7, max_steps=1, progress=False)
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        output_dir=str(tmp_path / "t"),
+        train_files=[str(DEMO_DEV)],
+        eval_file=str(DEMO_DEV),
+        max_eval_examples=7,
+        max_steps=1,
+        progress=False,
+    )
     trainer = build_trainer(cfg)
     assert [e.id for e in trainer.eval_data.examples] == [e.id for e in load_squad(DEMO_DEV).spread(7).examples]
     n = len(load_squad(DEMO_DEV).examples)
-    assert [e.id for e in trainer.eval_data.examples] == [load_squad(DEMO_DEV).examples[i * n // 7].id
-                                                           for i in range(7)]
+    assert [e.id for e in trainer.eval_data.examples] == [
+        load_squad(DEMO_DEV).examples[i * n // 7].id for i in range(7)
+    ]
 
 
 def test_evaluate_features_matches_evaluate(tiny_model_dir):

@@ -34,8 +34,13 @@ def front_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     config = AutoConfig.from_pretrained(out)
     points = [([160, 120, 90, 60], 70.0, 4.0), ([300, 260, 220, 180], 74.5, 7.0), (None, 75.0, 10.0)]
     front = [
-        {"length_config": lc, "f1": f1, "exact_match": f1 - 10, "macs": count_macs(config, 384, lc).total,
-         "latency_ms": ms}
+        {
+            "length_config": lc,
+            "f1": f1,
+            "exact_match": f1 - 10,
+            "macs": count_macs(config, 384, lc).total,
+            "latency_ms": ms,
+        }
         for lc, f1, ms in points
     ]
     (out / "search.json").write_text(json.dumps({"front": front}), encoding="utf-8")
@@ -68,8 +73,15 @@ def _same(http: dict, a) -> None:
 # ------------------------------------------------------------------------------------------ behaviour
 @pytest.mark.parametrize(
     "budget",
-    [None, {"preset": "fast"}, {"preset": "balanced"}, {"preset": "accurate"}, {"macs_fraction": 0.5},
-     {"macs_fraction": 1.0}, {"max_latency_ms": 8}],
+    [
+        None,
+        {"preset": "fast"},
+        {"preset": "balanced"},
+        {"preset": "accurate"},
+        {"macs_fraction": 0.5},
+        {"macs_fraction": 1.0},
+        {"max_latency_ms": 8},
+    ],
 )
 def test_http_answer_equals_engine(client, engine, budget):
     body = {"question": QUESTION, "context": CONTEXT}
@@ -85,8 +97,10 @@ def test_http_answer_equals_engine(client, engine, budget):
 
 def test_budgets_pick_different_points(client, engine):
     body = {"question": QUESTION, "context": CONTEXT}
-    got = {p: client.post(ANSWER, json=body | {"budget": {"preset": p}}).json()["length_config"]
-           for p in ("fast", "balanced", "accurate")}
+    got = {
+        p: client.post(ANSWER, json=body | {"budget": {"preset": p}}).json()["length_config"]
+        for p in ("fast", "balanced", "accurate")
+    }
     assert got == {"fast": [160, 120, 90, 60], "balanced": [300, 260, 220, 180], "accurate": None}
 
 
@@ -104,9 +118,11 @@ def test_explicit_length_config_and_top_k(client, engine):
 
 
 def test_batch_endpoint_equals_engine(client, engine):
-    items = [{"question": QUESTION, "context": CONTEXT},
-             {"question": "When did it land?", "context": CONTEXT},
-             {"question": "Who ran it?", "context": "NASA ran the program. " * 3}]
+    items = [
+        {"question": QUESTION, "context": CONTEXT},
+        {"question": "When did it land?", "context": CONTEXT},
+        {"question": "Who ran it?", "context": "NASA ran the program. " * 3},
+    ]
     r = client.post("/v1/answer/batch", json={"items": items, "budget": {"preset": "balanced"}})
     assert r.status_code == 200, r.text
     expected = engine.answer_batch([(i["question"], i["context"]) for i in items], budget="balanced")
@@ -175,16 +191,19 @@ def test_micro_batching_merges_queued_requests_with_the_same_config(engine):
     """Requests queued together are merged per length configuration; answers stay those of the engine."""
     from quala.serve import EngineWorker
 
-    jobs = [(QUESTION, [160, 120, 90, 60]), ("When did it land?", [160, 120, 90, 60]),
-            ("Who ran it?", None), ("Who walked?", [160, 120, 90, 60]), ("Where?", None)]
+    jobs = [
+        (QUESTION, [160, 120, 90, 60]),
+        ("When did it land?", [160, 120, 90, 60]),
+        ("Who ran it?", None),
+        ("Who walked?", [160, 120, 90, 60]),
+        ("Where?", None),
+    ]
 
     async def run(micro_batch: bool):
         worker = EngineWorker(engine, micro_batch=micro_batch, window_ms=0, max_batch=8)
         await worker.start()
         try:
-            out = await asyncio.gather(
-                *(worker.submit([(q, CONTEXT)], lc, 1, mergeable=True) for q, lc in jobs)
-            )
+            out = await asyncio.gather(*(worker.submit([(q, CONTEXT)], lc, 1, mergeable=True) for q, lc in jobs))
         finally:
             await worker.stop()
         return worker.calls, [s.answers[0] for s in out]
@@ -206,10 +225,12 @@ def test_micro_batching_server_answers_like_the_engine(engine, front_model_dir):
     app = create_app(engine, ServeConfig(micro_batch=True, batch_window_ms=5, **LIMITS))
     questions = [QUESTION, "When did it land?", "Who walked on the surface?", "What did NASA do?"] * 2
     with TestClient(app) as c, ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(
-            lambda q: c.post(ANSWER, json={"question": q, "context": CONTEXT, "budget": {"preset": "fast"}}),
-            questions,
-        ))
+        responses = list(
+            pool.map(
+                lambda q: c.post(ANSWER, json={"question": q, "context": CONTEXT, "budget": {"preset": "fast"}}),
+                questions,
+            )
+        )
         info = c.get("/v1/model").json()["micro_batching"]
     for q, r in zip(questions, responses, strict=True):
         assert r.status_code == 200, r.text
@@ -238,55 +259,83 @@ BAD_INPUT = [
     ("context is a list", ANSWER, b'{"question": "q?", "context": ["a"]}', JSON, 422, "context"),
     ("unknown field", ANSWER, _ok(foo=1), JSON, 422, "foo"),
     ("unknown preset", ANSWER, _ok(budget={"preset": "turbo"}), JSON, 422, "accurate"),
-    ("two budgets", ANSWER, _ok(budget={"preset": "fast", "macs_fraction": 0.5}), JSON, 422,
-     "exactly one"),
+    ("two budgets", ANSWER, _ok(budget={"preset": "fast", "macs_fraction": 0.5}), JSON, 422, "exactly one"),
     ("empty budget", ANSWER, _ok(budget={}), JSON, 422, "exactly one"),
     ("budget is a string", ANSWER, _ok(budget="fast"), JSON, 422, "budget"),
     ("unknown budget field", ANSWER, _ok(budget={"flops": 0.5}), JSON, 422, "flops"),
     ("macs_fraction zero", ANSWER, _ok(budget={"macs_fraction": 0}), JSON, 422, "greater than 0"),
     ("macs_fraction above 1", ANSWER, _ok(budget={"macs_fraction": 1.5}), JSON, 422, "1"),
     ("macs_fraction text", ANSWER, _ok(budget={"macs_fraction": "half"}), JSON, 422, "number"),
-    ("macs_fraction NaN", ANSWER,
-     b'{"question": "q?", "context": "abc", "budget": {"macs_fraction": NaN}}', JSON, 422, "finite"),
+    (
+        "macs_fraction NaN",
+        ANSWER,
+        b'{"question": "q?", "context": "abc", "budget": {"macs_fraction": NaN}}',
+        JSON,
+        422,
+        "finite",
+    ),
     ("negative latency", ANSWER, _ok(budget={"max_latency_ms": -5}), JSON, 422, "max_latency_ms"),
-    ("impossible macs budget", ANSWER, _ok(budget={"macs_fraction": 0.01}), JSON, 422,
-     "impossible budget"),
-    ("impossible latency budget", ANSWER, _ok(budget={"max_latency_ms": 1}), JSON, 422,
-     "impossible budget"),
+    ("impossible macs budget", ANSWER, _ok(budget={"macs_fraction": 0.01}), JSON, 422, "impossible budget"),
+    ("impossible latency budget", ANSWER, _ok(budget={"max_latency_ms": 1}), JSON, 422, "impossible budget"),
     ("top_k zero", ANSWER, _ok(top_k=0), JSON, 422, "top_k"),
     ("top_k too large", ANSWER, _ok(top_k=21), JSON, 422, "top_k"),
     ("top_k as text", ANSWER, _ok(top_k="3"), JSON, 422, "integer"),
     ("top_k boolean", ANSWER, _ok(top_k=True), JSON, 422, "integer"),
     ("length config wrong layers", ANSWER, _ok(length_config=[100, 90]), JSON, 422, "length config"),
-    ("length config increasing", ANSWER, _ok(length_config=[50, 60, 70, 80]), JSON, 422,
-     "length config"),
-    ("budget and length config", ANSWER, _ok(budget={"preset": "fast"}, length_config="full"), JSON,
-     422, "not both"),
+    ("length config increasing", ANSWER, _ok(length_config=[50, 60, 70, 80]), JSON, 422, "length config"),
+    ("budget and length config", ANSWER, _ok(budget={"preset": "fast"}, length_config="full"), JSON, 422, "not both"),
     ("invalid JSON", ANSWER, b'{"question": "q?", "context": ', JSON, 400, "not valid JSON"),
     ("trailing comma", ANSWER, b'{"question": "q?", "context": "abc",}', JSON, 400, "JSON"),
     ("non-UTF-8 body", ANSWER, b'{"question": "\xff\xfe", "context": "abc"}', JSON, 400, "UTF-8"),
     ("JSON array body", ANSWER, b'[{"question": "q?"}]', JSON, 422, "JSON object"),
     ("empty body", ANSWER, b"", JSON, 422, "body"),
     ("text/plain body", ANSWER, _ok(), {"content-type": "text/plain"}, 415, "application/json"),
-    ("form body", ANSWER, b"question=a&context=b",
-     {"content-type": "application/x-www-form-urlencoded"}, 415, "application/json"),
-    ("body over the byte limit", ANSWER, b'{"question": "q?", "context": "' + b"a" * 70_000 + b'"}',
-     JSON, 413, "too large"),
+    (
+        "form body",
+        ANSWER,
+        b"question=a&context=b",
+        {"content-type": "application/x-www-form-urlencoded"},
+        415,
+        "application/json",
+    ),
+    (
+        "body over the byte limit",
+        ANSWER,
+        b'{"question": "q?", "context": "' + b"a" * 70_000 + b'"}',
+        JSON,
+        413,
+        "too large",
+    ),
     ("context over the limit", ANSWER, _ok(context=BIG), JSON, 413, "max-context-chars"),
     ("question over the limit", ANSWER, _ok(question="why " * 60), JSON, 413, "question"),
     ("bad Content-Length", ANSWER, _ok(), JSON | {"content-length": "lots"}, 400, "Content-Length"),
-    ("batch too many items", BATCH,
-     json.dumps({"items": [{"question": "q?", "context": "abc"}] * 5}).encode(), JSON, 413, "at most 4"),
+    (
+        "batch too many items",
+        BATCH,
+        json.dumps({"items": [{"question": "q?", "context": "abc"}] * 5}).encode(),
+        JSON,
+        413,
+        "at most 4",
+    ),
     ("batch without items", BATCH, b'{"items": []}', JSON, 422, "items"),
     ("batch items not a list", BATCH, b'{"items": "q?"}', JSON, 422, "items"),
-    ("batch item missing context", BATCH, b'{"items": [{"question": "q?"}]}', JSON, 422,
-     "items.0.context"),
-    ("batch item context too long", BATCH,
-     json.dumps({"items": [{"question": "q?", "context": "ok"}, {"question": "?", "context": BIG}]}).encode(),
-     JSON, 413, "items[1].context"),
-    ("batch impossible budget", BATCH,
-     json.dumps({"items": [{"question": "q?", "context": "a"}], "budget": {"macs_fraction": 0.001}}).encode(),
-     JSON, 422, "impossible budget"),
+    ("batch item missing context", BATCH, b'{"items": [{"question": "q?"}]}', JSON, 422, "items.0.context"),
+    (
+        "batch item context too long",
+        BATCH,
+        json.dumps({"items": [{"question": "q?", "context": "ok"}, {"question": "?", "context": BIG}]}).encode(),
+        JSON,
+        413,
+        "items[1].context",
+    ),
+    (
+        "batch impossible budget",
+        BATCH,
+        json.dumps({"items": [{"question": "q?", "context": "a"}], "budget": {"macs_fraction": 0.001}}).encode(),
+        JSON,
+        422,
+        "impossible budget",
+    ),
     ("GET on answer", ANSWER, None, {}, 405, "not allowed"),
     ("unknown endpoint", "/v1/answers", _ok(), JSON, 404, "no such endpoint"),
 ]
@@ -313,9 +362,13 @@ def test_streamed_body_over_the_limit_gets_413(client):
     assert r.status_code == 413 and "too large" in r.json()["error"]
 
 
-CLI_ERRORS = [(["--max-batch", "0"], "max-batch"), (["--port", "70000"], "port"),
-              (["--max-body-mb", "-1"], "max-body-mb"), (["--backend", "nope"], "unknown backend"),
-              (["--model", "MISSING"], "MISSING")]
+CLI_ERRORS = [
+    (["--max-batch", "0"], "max-batch"),
+    (["--port", "70000"], "port"),
+    (["--max-body-mb", "-1"], "max-body-mb"),
+    (["--backend", "nope"], "unknown backend"),
+    (["--model", "MISSING"], "MISSING"),
+]
 
 
 @pytest.mark.parametrize("args,words", CLI_ERRORS, ids=[w for _, w in CLI_ERRORS])

@@ -20,8 +20,16 @@ from test_builtin import builtin_model, fake_run, packaged  # noqa: F401 - fixtu
 from test_serve import CONTEXT, LIMITS, engine, front_model_dir  # noqa: F401 - fixtures
 
 CHROMIUM = os.environ.get("QUALA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @contextlib.contextmanager

@@ -67,7 +67,9 @@ def test_full_queue_is_refused_with_503_and_retry_after_over_http(engine):
         assert set(body) >= {"error"} and "retry" in body["error"]
         gated.gate.set()
         for done in (first.result(30), second.result(30)):  # the accepted requests still complete
-            assert done.status_code == 200 and CONTEXT[done.json()["start"]:done.json()["end"]] == done.json()["answer"]
+            assert (
+                done.status_code == 200 and CONTEXT[done.json()["start"] : done.json()["end"]] == done.json()["answer"]
+            )
 
 
 def test_engine_bug_is_a_500_without_traceback_or_internals(engine):

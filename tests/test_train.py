@@ -135,9 +135,7 @@ def _losses(model: LengthAdaptiveQA, features: Features, length_config) -> float
     batch = {k: torch.from_numpy(v) for k, v in collate(features, list(range(len(features)))).items()}
     model.eval()
     with torch.no_grad():
-        out = model(
-            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], length_config=length_config
-        )
+        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], length_config=length_config)
     return SpanLoss()(
         out.start_logits,
         out.end_logits,
@@ -174,8 +172,7 @@ def test_length_drop_trains_the_smallest_sub_model_better_than_plain_fine_tuning
         torch.manual_seed(0)
         model = LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=3)))
         length_drop = {"enabled": enabled, "num_sandwich": 2, "layer_drop_prob": 0.2}
-        config = _memory_config(tmp_path / arm, batch_size=16, epochs=3, lr=2e-3, log_every=6,
-                                length_drop=length_drop)
+        config = _memory_config(tmp_path / arm, batch_size=16, epochs=3, lr=2e-3, log_every=6, length_drop=length_drop)
         trainer = Trainer(config, model, load_tokenizer(minilm_path), train)
         smallest = trainer.sampler.smallest().length_config
         before = (_losses(model, held_out, None), _losses(model, held_out, smallest))
@@ -250,9 +247,7 @@ def _run_cli(args: list[str]):
 )
 def test_impossible_options_fail_before_training(tmp_path, tiny_model_dir, extra, message):
     out = tmp_path / "out"
-    result = _run_cli(
-        ["--model", str(tiny_model_dir), "--train-file", DEMO_TRAIN, "--output-dir", str(out), *extra]
-    )
+    result = _run_cli(["--model", str(tiny_model_dir), "--train-file", DEMO_TRAIN, "--output-dir", str(out), *extra])
     assert isinstance(result.exception, QualaError) and message in str(result.exception)
     assert not out.exists()
 
@@ -365,8 +360,8 @@ def test_patience_stops_after_validations_without_improvement(dropout_model_dir,
             self.exact_match, self.num_questions, self.seconds = 0.0, 1, 0.0
 
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: (Score(), None))
-    cfg = _config(dropout_model_dir, tmp_path / "run", eval_file=DEMO_DEV, max_eval_examples=4, eval_every=1,
-                  patience=2, max_steps=12, save_every=5)
+    scripted = dict(eval_file=DEMO_DEV, max_eval_examples=4, eval_every=1, max_steps=12, save_every=5)
+    cfg = _config(dropout_model_dir, tmp_path / "run", patience=2, **scripted)
     result = build_trainer(cfg).train()
     assert (result.steps, result.best_step, result.best_f1) == (4, 2, 20.0)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -375,8 +370,7 @@ def test_patience_stops_after_validations_without_improvement(dropout_model_dir,
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-4"]
     # without patience the same scripted run goes to the end (control arm)
     scores = iter([10.0, 20.0] + [15.0] * 10)
-    cfg = _config(dropout_model_dir, tmp_path / "ctrl", eval_file=DEMO_DEV, max_eval_examples=4, eval_every=1,
-                  max_steps=12, save_every=5)
+    cfg = _config(dropout_model_dir, tmp_path / "ctrl", **scripted)
     assert build_trainer(cfg).train().steps == 12
 
 
@@ -395,5 +389,7 @@ def test_frozen_word_embeddings_stay_put_and_compiled_blocks_train(dropout_model
     assert after.keys() == start.keys()
     word = [k for k in after if k.endswith("word_embeddings.weight")]
     assert len(word) == 1 and torch.equal(after[word[0]], start[word[0]])
-    assert not torch.equal(after[next(k for k in after if "intermediate.dense.weight" in k)],
-                           start[next(k for k in start if "intermediate.dense.weight" in k)])
+    assert not torch.equal(
+        after[next(k for k in after if "intermediate.dense.weight" in k)],
+        start[next(k for k in start if "intermediate.dense.weight" in k)],
+    )

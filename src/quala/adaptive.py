@@ -82,8 +82,14 @@ class CostModel:
     correction.
     """
 
-    def __init__(self, first: Line, extra: Line, macs_of: Callable[[Key], int], alpha: float = EWMA_ALPHA,
-                 ref_chars: float | None = None):
+    def __init__(
+        self,
+        first: Line,
+        extra: Line,
+        macs_of: Callable[[Key], int],
+        alpha: float = EWMA_ALPHA,
+        ref_chars: float | None = None,
+    ):
         self.first = first
         self.extra = extra
         self.macs_of = macs_of

@@ -47,7 +47,7 @@ from quala.metric import squad_v1_scores
 PROTOCOLS = ("serving", "papers")
 PAPERS_LENGTH = 384
 PAPERS_BATCH = 32
-PAPER_CONFIG = (315, 251, 242, 159, 142, 33)  # the QuaLA-MiniLM model card's 8.8x configuration (references.md)
+PAPER_CONFIG = (315, 251, 242, 159, 142, 33)  # the QuaLA-MiniLM model card's 8.8x configuration (arXiv 2210.17114)
 BASELINES = ("none", "all")
 WINDOWS = ((256, 128), (192, 64))  # (max_seq_length, doc_stride) of the shorter-window baselines
 DEPTHS = (4, 5)  # layers kept by the depth baselines (of the models with more)
@@ -521,7 +521,8 @@ def _fmt(value: float | None, digits: int, suffix: str = "") -> str:
 
 
 def markdown_table(result: BenchmarkResult) -> str:
-    """One Markdown table per (protocol, batch size), in the style of references.md, each with its verdict."""
+    """One Markdown table per (protocol, batch size), in the style of the QuaLA-MiniLM model card, each with its
+    verdict."""
     m = result.machine
     isa = ", ".join(m.get("isa_flags") or []) or "unknown"
     lines = [

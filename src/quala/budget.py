@@ -114,6 +114,7 @@ def accuracy_key(p: FrontPoint) -> tuple[float, int]:
 
 def resolve_budget(front: list[FrontPoint], budget: Budget | None, full_macs: int) -> FrontPoint:
     """The most accurate front point that fits ``budget`` (no budget: the most accurate point)."""
+
     def best(points: list[FrontPoint]) -> FrontPoint:
         return max(points, key=accuracy_key)
 

@@ -107,8 +107,10 @@ def answer(
     ] = None,
     budget: Annotated[
         str | None,
-        typer.Option(help="Compute budget resolved on the model's search front: fast | balanced | accurate | "
-                     "macs=FRACTION | latency=MS. Default: the most accurate configuration."),
+        typer.Option(
+            help="Compute budget resolved on the model's search front: fast | balanced | accurate | "
+            "macs=FRACTION | latency=MS. Default: the most accurate configuration."
+        ),
     ] = None,
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
     threads: ThreadsOpt = None,
@@ -199,9 +201,7 @@ def search(
             "the summary show the best F1 found within each.",
         ),
     ] = None,
-    population: Annotated[
-        int | None, typer.Option(help="Initial genes (LAT: 20).")
-    ] = None,
+    population: Annotated[int | None, typer.Option(help="Initial genes (LAT: 20).")] = None,
     random_init: Annotated[
         int | None,
         typer.Option(help="How many initial genes are random, not constant-ratio (LAT: 0; docs/search.md)."),
@@ -300,6 +300,7 @@ def search(
         out["note"] = "stopped at --max-evaluations; run the same command again to continue"
     _emit(out)
 
+
 OutputDirOpt = Annotated[Path, typer.Option("--output", help="New directory to write (absent or empty).")]
 
 
@@ -338,9 +339,7 @@ def quantize(
     calibration_articles: Annotated[
         str | None, typer.Option(help="Article range A:B of --calibration-file to calibrate on, e.g. 32:40.")
     ] = None,
-    calibration_features: Annotated[
-        int, typer.Option(help="Number of calibration features (--mode static).")
-    ] = 100,
+    calibration_features: Annotated[int, typer.Option(help="Number of calibration features (--mode static).")] = 100,
     keep_fp32: Annotated[
         str,
         typer.Option(
@@ -368,9 +367,7 @@ def quantize(
 
 @app.command()
 def benchmark(
-    model: Annotated[
-        str, typer.Option("--model", help="fp32 length-adaptive model directory (or 'packaged:minilm').")
-    ],
+    model: Annotated[str, typer.Option("--model", help="fp32 length-adaptive model directory (or 'packaged:minilm').")],
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", help="Directory for benchmark.json/.md and the plot.")],
     articles: ArticlesOpt = None,
@@ -418,17 +415,29 @@ def benchmark(
         raise QualaError(f"--protocol must be serving, papers or both; got {protocol!r}")
     configs = [c for c in length_configs.split(";") if c.strip()] if length_configs is not None else None
     result = run_benchmark(
-        model, data, output, articles, max_examples, sizes, protocols, baseline_model, configs, onnx_model,
-        int8_model, threads, label, progress, baselines,
+        model,
+        data,
+        output,
+        articles,
+        max_examples,
+        sizes,
+        protocols,
+        baseline_model,
+        configs,
+        onnx_model,
+        int8_model,
+        threads,
+        label,
+        progress,
+        baselines,
     )
     _emit({"output": str(output), "rows": len(result.rows)})
+
 
 @app.command()
 def serve(
     model: DefaultModelOpt = BUILTIN_MODEL,
-    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = ("127.0.0.1"),
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
     threads: ThreadsOpt = None,
@@ -439,9 +448,7 @@ def serve(
     max_batch: Annotated[
         int, typer.Option(help="Most questions per /v1/answer/batch request and per merged micro-batch.")
     ] = 32,
-    max_body_mb: Annotated[
-        float, typer.Option(help="Largest request body in MiB; larger ones get HTTP 413.")
-    ] = 8.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; larger ones get HTTP 413.")] = 8.0,
     micro_batch: Annotated[
         bool, typer.Option(help="Merge concurrent requests with the same length config into one call.")
     ] = False,
@@ -453,8 +460,11 @@ def serve(
     ] = 256,
     target_p95_ms: Annotated[
         str | None,
-        typer.Option(metavar="MS", help="Latency-target mode: requests without a budget get the most accurate "
-                     "configuration predicted to finish within MS under the current load (docs/serving.md)."),
+        typer.Option(
+            metavar="MS",
+            help="Latency-target mode: requests without a budget get the most accurate "
+            "configuration predicted to finish within MS under the current load (docs/serving.md).",
+        ),
     ] = None,
 ) -> None:
     """Serve the model over HTTP: POST /v1/answer with per-request budgets, demo page at /, docs at /docs."""
@@ -469,12 +479,24 @@ def serve(
             target = float(target_p95_ms)
         except ValueError:
             raise QualaError(f"target-p95-ms must be a number of milliseconds > 0, got {target_p95_ms!r}") from None
-    run_server(ServeConfig(
-        model=model, host=host, port=port, backend=backend, threads=threads,
-        max_context_chars=max_context_chars, max_question_chars=max_question_chars, max_batch=max_batch,
-        max_body_bytes=int(max_body_mb * 1024 * 1024), micro_batch=micro_batch,
-        batch_window_ms=batch_window_ms, max_queue=max_queue, target_p95_ms=target,
-    ))
+    run_server(
+        ServeConfig(
+            model=model,
+            host=host,
+            port=port,
+            backend=backend,
+            threads=threads,
+            max_context_chars=max_context_chars,
+            max_question_chars=max_question_chars,
+            max_batch=max_batch,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            micro_batch=micro_batch,
+            batch_window_ms=batch_window_ms,
+            max_queue=max_queue,
+            target_p95_ms=target,
+        )
+    )
+
 
 @app.command()
 def train(
@@ -484,9 +506,7 @@ def train(
     ] = None,
     train_file: Annotated[
         list[str] | None,
-        typer.Option(
-            "--train-file", help="SQuAD v1.1 JSON training file; repeat to concatenate several files."
-        ),
+        typer.Option("--train-file", help="SQuAD v1.1 JSON training file; repeat to concatenate several files."),
     ] = None,
     train_articles: Annotated[
         list[str] | None,
@@ -494,22 +514,12 @@ def train(
             "--train-articles", help="Article range A:B for each --train-file, in the same order (':' = all)."
         ),
     ] = None,
-    eval_file: Annotated[
-        str | None, typer.Option(help="Validation file (best model = best full-length F1).")
-    ] = None,
-    eval_articles: Annotated[
-        str | None, typer.Option(help="Article range A:B of --eval-file, e.g. 32:40.")
-    ] = None,
-    output_dir: Annotated[
-        str | None, typer.Option(help="Where the model, checkpoints and metrics go.")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of defaults; flags override it.")
-    ] = None,
+    eval_file: Annotated[str | None, typer.Option(help="Validation file (best model = best full-length F1).")] = None,
+    eval_articles: Annotated[str | None, typer.Option(help="Article range A:B of --eval-file, e.g. 32:40.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where the model, checkpoints and metrics go.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file of defaults; flags override it.")] = None,
     teacher: Annotated[str | None, typer.Option(help="Teacher QA model for knowledge distillation.")] = None,
-    kd_alpha: Annotated[
-        float | None, typer.Option(help="Weight of the KD loss (1 - alpha on gold spans).")
-    ] = None,
+    kd_alpha: Annotated[float | None, typer.Option(help="Weight of the KD loss (1 - alpha on gold spans).")] = None,
     kd_temperature: Annotated[float | None, typer.Option(help="Distillation temperature T.")] = None,
     kd_intermediate: Annotated[
         bool | None,
@@ -525,9 +535,7 @@ def train(
             help="Train with LengthDrop: sandwich rule + in-place distillation.",
         ),
     ] = None,
-    num_sandwich: Annotated[
-        int | None, typer.Option(help="Random sub-models per batch (LengthDrop).")
-    ] = None,
+    num_sandwich: Annotated[int | None, typer.Option(help="Random sub-models per batch (LengthDrop).")] = None,
     length_drop_bound: Annotated[
         float | None,
         typer.Option(help="Length-drop ratio bound: each layer keeps >= ceil((1-bound) * previous length)."),
@@ -537,9 +545,7 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Features per device per micro-batch.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate (linear warm-up, then linear decay).")
-    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (linear warm-up, then linear decay).")] = None,
     warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps spent warming up.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (data order, dropout, sub-models).")] = None,
@@ -553,15 +559,11 @@ def train(
             help="Pad every batch to max_seq_length (default: dynamic).",
         ),
     ] = None,
-    max_train_examples: Annotated[
-        int | None, typer.Option(help="Use the first N training questions.")
-    ] = None,
+    max_train_examples: Annotated[int | None, typer.Option(help="Use the first N training questions.")] = None,
     max_eval_examples: Annotated[
         int | None, typer.Option(help="Validate on N evenly spaced questions during training.")
     ] = None,
-    eval_every: Annotated[
-        int | None, typer.Option(help="Steps between validations (default: each epoch).")
-    ] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Steps between validations (default: each epoch).")] = None,
     freeze_word_embeddings: Annotated[
         bool | None, typer.Option(help="Do not train the word embeddings (less optimizer work per step).")
     ] = None,
@@ -571,8 +573,10 @@ def train(
     ] = None,
     patience: Annotated[
         int | None,
-        typer.Option(help="Stop after N validations in a row without a better full-length F1 (the best model "
-                          "is kept either way).")
+        typer.Option(
+            help="Stop after N validations in a row without a better full-length F1 (the best model "
+            "is kept either way)."
+        ),
     ] = None,
     save_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
     log_every: Annotated[int | None, typer.Option(help="Steps between metrics.jsonl lines.")] = None,
@@ -648,25 +652,36 @@ def pipeline(
         str | None, typer.Option(help="Override the starting model (dir, hub name, packaged:minilm).")
     ] = None,
     stages: Annotated[
-        str | None, typer.Option(help="Comma-separated subset of: finetune,lengthdrop,search,quantize,evaluate,"
-                                      "benchmark,report.")
+        str | None,
+        typer.Option(help="Comma-separated subset of: finetune,lengthdrop,search,quantize,evaluate,benchmark,report."),
     ] = None,
     rerun: Annotated[
-        str | None, typer.Option(help="Comma-separated stages to redo from scratch (their output is removed); "
-                                      "every later stage runs again too.")
+        str | None,
+        typer.Option(
+            help="Comma-separated stages to redo from scratch (their output is removed); "
+            "every later stage runs again too."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run train -> LengthDrop -> search -> quantize -> evaluate -> benchmark -> report; re-run to resume."""
     from quala.pipeline import Pipeline, load_pipeline_config
 
-    overrides = {"output_dir": output_dir, "model": model,
-                 "stages": [s.strip() for s in stages.split(",") if s.strip()] if stages else None}
+    overrides = {
+        "output_dir": output_dir,
+        "model": model,
+        "stages": [s.strip() for s in stages.split(",") if s.strip()] if stages else None,
+    }
     settings = load_pipeline_config(config, preset, overrides)
     again = tuple(s.strip() for s in rerun.split(",") if s.strip()) if rerun else ()
     state = Pipeline(settings).run(progress=progress, rerun=again)
-    _emit({"output_dir": settings.output_dir, "report": str(Path(settings.output_dir) / "report" / "REPORT.md"),
-           "stages": state["completed"]})
+    _emit(
+        {
+            "output_dir": settings.output_dir,
+            "report": str(Path(settings.output_dir) / "report" / "REPORT.md"),
+            "stages": state["completed"],
+        }
+    )
 
 
 @app.command()

@@ -55,8 +55,9 @@ class SquadData:
         total = len(self.examples)
         if n is None or n >= total:
             return self
-        return SquadData([self.examples[(i * total) // n] for i in range(n)], self.source, self.articles,
-                         self.num_articles)
+        return SquadData(
+            [self.examples[(i * total) // n] for i in range(n)], self.source, self.articles, self.num_articles
+        )
 
 
 # ----------------------------------------------------------------------------------------------- loading

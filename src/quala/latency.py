@@ -66,9 +66,7 @@ class LatencyResult:
         return asdict(self)
 
 
-def synthetic_batch(
-    predictor: Predictor, batch_size: int, seq_length: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+def synthetic_batch(predictor: Predictor, batch_size: int, seq_length: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A batch shaped like a real feature, ``[CLS] question [SEP] context [SEP]``, with no padding.
 
     Token ids are drawn at random from the ordinary vocabulary; latency depends on the shape and the length
@@ -77,9 +75,7 @@ def synthetic_batch(
     tok = predictor.tokenizer
     special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
     if None in (tok.cls_token_id, tok.sep_token_id):
-        raise QualaError(
-            "the tokenizer has no [CLS]/[SEP] (or <s>/</s>) token to build a synthetic input from"
-        )
+        raise QualaError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) token to build a synthetic input from")
     rng = np.random.default_rng(seed)
     vocab = int(predictor.model_config.vocab_size)
     low = min(1000, vocab // 2)

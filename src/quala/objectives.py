@@ -65,9 +65,7 @@ class PredictionKDOutput:
     end: torch.Tensor
 
 
-def soft_loss(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, kind: str = "kl"
-) -> torch.Tensor:
+def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, kind: str = "kl") -> torch.Tensor:
     """Batch-mean KL(p_t || p_s) or soft cross-entropy −Σ p_t log p_s at temperature T, scaled by T².
 
     The T² factor keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015, §2).
@@ -106,9 +104,7 @@ class PredictionKD:
         start = soft_loss(
             _masked(student_start, attention_mask), _masked(teacher_start.detach(), attention_mask), T, kind
         )
-        end = soft_loss(
-            _masked(student_end, attention_mask), _masked(teacher_end.detach(), attention_mask), T, kind
-        )
+        end = soft_loss(_masked(student_end, attention_mask), _masked(teacher_end.detach(), attention_mask), T, kind)
         return PredictionKDOutput(loss=(start + end) / 2, start=start, end=end)
 
 
@@ -150,9 +146,7 @@ class IntermediateKD(nn.Module):
         self.layer_map = list(layer_map)
         self.hidden_weight = hidden_weight
         self.attention_weight = attention_weight
-        self.proj = (
-            nn.Linear(student_hidden, teacher_hidden) if student_hidden != teacher_hidden else nn.Identity()
-        )
+        self.proj = nn.Linear(student_hidden, teacher_hidden) if student_hidden != teacher_hidden else nn.Identity()
 
     def forward(
         self,

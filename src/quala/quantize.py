@@ -54,9 +54,7 @@ def ffn_output_nodes(graph_path: Path, intermediate_size: int) -> list[str]:
     return [
         n.name
         for n in model.graph.node
-        if n.op_type == "MatMul"
-        and len(n.input) > 1
-        and shapes.get(n.input[1], (None,))[0] == intermediate_size
+        if n.op_type == "MatMul" and len(n.input) > 1 and shapes.get(n.input[1], (None,))[0] == intermediate_size
     ]
 
 
@@ -91,9 +89,7 @@ def calibration_batches(
     batches = []
     for i in range(min(num_features, len(features))):
         batch = {
-            k: v
-            for k, v in collate(features, [i], pad_id=tokenizer.pad_token_id or 0).items()
-            if k in input_names
+            k: v for k, v in collate(features, [i], pad_id=tokenizer.pad_token_id or 0).items() if k in input_names
         }
         if "length_config" in input_names:
             batch["length_config"] = np.full(num_layers, reference_length, dtype=np.int64)
@@ -112,9 +108,7 @@ def quantize_graph(
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    extra = {
-        "DefaultTensorType": onnx.TensorProto.FLOAT
-    }  # else the fused graph fails "Unable to find data type"
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # else the fused graph fails "Unable to find data type"
     if mode == "dynamic":
         quantize_dynamic(
             source,
@@ -164,11 +158,7 @@ def quantize_model(
         raise QualaError("--calibration-file only applies to --mode static")
     if num_calibration_features < 1:
         raise QualaError(f"the number of calibration features must be >= 1, got {num_calibration_features}")
-    squad = (
-        load_squad(calibration_file, calibration_articles, num_calibration_features)
-        if calibration_file
-        else None
-    )
+    squad = load_squad(calibration_file, calibration_articles, num_calibration_features) if calibration_file else None
     output = Path(output)
     manifest = read_manifest(model) if Path(str(model)).is_dir() else None
     if manifest is not None and manifest.get("dtype") == "int8":
@@ -183,11 +173,7 @@ def quantize_model(
         with staging_dir(output) as tmp:
             excluded = 0
             for graph in graphs:
-                exclude = (
-                    ffn_output_nodes(fp32 / graph, config.intermediate_size)
-                    if keep_fp32 == "ffn-output"
-                    else []
-                )
+                exclude = ffn_output_nodes(fp32 / graph, config.intermediate_size) if keep_fp32 == "ffn-output" else []
                 excluded = len(exclude)
                 calibration = None
                 if mode == "static":

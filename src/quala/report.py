@@ -169,9 +169,10 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
     layers = (search or {}).get("settings", {}).get("num_layers", 6)
     ref = (search or {}).get("settings", {}).get("reference_length", 384)
     plots = []
-    curves = learning_curves({name: root / name / "metrics.jsonl" for name in ("finetune", "lengthdrop")},
-                             {name: getattr(getattr(config, name, None), "threads", None) or 1
-                              for name in ("finetune", "lengthdrop")})
+    curves = learning_curves(
+        {name: root / name / "metrics.jsonl" for name in ("finetune", "lengthdrop")},
+        {name: getattr(getattr(config, name, None), "threads", None) or 1 for name in ("finetune", "lengthdrop")},
+    )
     if curves["points"] and plot_learning_curves(curves, out / "learning_curves.png"):
         plots.append("learning_curves.png")
     for src in (root / "search" / "pareto.png", root / "benchmark" / "f1_vs_latency.png"):
@@ -236,9 +237,17 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
             shutil.copyfile(root / "benchmark" / "benchmark.md", out / "benchmark.md")
     if search_path.is_file():
         shutil.copyfile(search_path, out / "search.json")
-    write_json_atomic(out / "report.json", {"config": to_dict(config), "rows": rows, "operating_point": top,
-                                            "stages": state["completed"], "data": data,
-                                            "learning_curves": curves})
+    write_json_atomic(
+        out / "report.json",
+        {
+            "config": to_dict(config),
+            "rows": rows,
+            "operating_point": top,
+            "stages": state["completed"],
+            "data": data,
+            "learning_curves": curves,
+        },
+    )
     path = out / "REPORT.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
@@ -264,15 +273,17 @@ def learning_curves(metrics: dict[str, Path], threads: dict[str, int]) -> dict[s
                 core_seconds += (delta if delta >= 0 else r["elapsed_s"]) * threads.get(stage, 1)
                 last_elapsed = r["elapsed_s"]
             if "eval_f1" in r:
-                points.append({
-                    "stage": stage,
-                    "step": step_offset + r["step"],
-                    "core_hours": round(hours_offset + core_seconds / 3600, 4),
-                    "f1": r["eval_f1"],
-                    "f1_smallest": r.get("eval_f1_smallest"),
-                    "smallest_length_config": r.get("smallest_length_config"),
-                    "questions": r.get("eval_questions"),
-                })
+                points.append(
+                    {
+                        "stage": stage,
+                        "step": step_offset + r["step"],
+                        "core_hours": round(hours_offset + core_seconds / 3600, 4),
+                        "f1": r["eval_f1"],
+                        "f1_smallest": r.get("eval_f1_smallest"),
+                        "smallest_length_config": r.get("smallest_length_config"),
+                        "questions": r.get("eval_questions"),
+                    }
+                )
             last_step = max(last_step, r.get("step", 0))
         step_offset += last_step
         hours_offset += core_seconds / 3600
@@ -298,8 +309,13 @@ def plot_learning_curves(curves: dict[str, Any], path: Path) -> bool:
             ax.plot([p[x_key] for p in pts], [p["f1"] for p in pts], marker=marker, label=f"{stage}: full model")
             small = [p for p in pts if p["f1_smallest"] is not None]
             if small:
-                ax.plot([p[x_key] for p in small], [p["f1_smallest"] for p in small], marker=marker,
-                        linestyle="--", label=f"{stage}: smallest sub-model")
+                ax.plot(
+                    [p[x_key] for p in small],
+                    [p["f1_smallest"] for p in small],
+                    marker=marker,
+                    linestyle="--",
+                    label=f"{stage}: smallest sub-model",
+                )
         ax.set_xlabel(x_label)
         ax.set_ylabel("validation F1")
         ax.grid(alpha=0.3)

@@ -113,11 +113,18 @@ class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     macs_fraction: float | None = Field(
-        None, gt=0, le=1, strict=True, allow_inf_nan=False,
+        None,
+        gt=0,
+        le=1,
+        strict=True,
+        allow_inf_nan=False,
         description="At most this fraction of the full-length model's MACs, in (0, 1].",
     )
     max_latency_ms: float | None = Field(
-        None, gt=0, strict=True, allow_inf_nan=False,
+        None,
+        gt=0,
+        strict=True,
+        allow_inf_nan=False,
         description="At most this latency per question, as measured by `quala search` (ms).",
     )
     preset: Literal["fast", "balanced", "accurate"] | None = Field(
@@ -167,9 +174,15 @@ class _Options(BaseModel):
 class AnswerRequest(QAItem, _Options):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{
-            "question": "Who wrote the report?", "context": "The report was written by Ada Lovelace in 1843.",
-            "budget": {"preset": "balanced"}}]},
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "Who wrote the report?",
+                    "context": "The report was written by Ada Lovelace in 1843.",
+                    "budget": {"preset": "balanced"},
+                }
+            ]
+        },
     )
 
 
@@ -271,7 +284,7 @@ def _field_errors(exc: RequestValidationError, content_type: str) -> tuple[int, 
     if any(e["type"] == "model_attributes_type" and tuple(e["loc"]) == ("body",) for e in errors):
         if "json" not in content_type:
             return 415, f"send JSON with Content-Type: application/json (got {content_type!r})", []
-        return 422, "the body must be a JSON object such as {\"question\": ..., \"context\": ...}", []
+        return 422, 'the body must be a JSON object such as {"question": ..., "context": ...}', []
     if any(e.get("type") == "json_invalid" for e in errors):
         e = errors[0]
         where = e["loc"][1] if len(e["loc"]) > 1 else "?"
@@ -301,20 +314,34 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("quala_requests", "HTTP requests by path and status code.", ["path", "status"],
-                                registry=r)
-        self.request_seconds = Histogram("quala_request_seconds", "Time in the server per HTTP request (s).",
-                                         ["path"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("quala_queue_seconds", "Time a request waited for the engine (s).",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.compute_seconds = Histogram("quala_compute_seconds", "Wall time of one engine call (s).",
-                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_questions = Histogram("quala_batch_questions", "Questions per engine call.",
-                                         buckets=BATCH_BUCKETS, registry=r)
-        self.answers = Counter("quala_answers", "Questions answered, by length configuration and what chose it.",
-                               ["config", "chosen_by"], registry=r)
-        self.macs_fraction = Histogram("quala_macs_fraction", "MACs fraction of the full model per question.",
-                                       buckets=FRACTION_BUCKETS, registry=r)
+        self.requests = Counter(
+            "quala_requests", "HTTP requests by path and status code.", ["path", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "quala_request_seconds",
+            "Time in the server per HTTP request (s).",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "quala_queue_seconds", "Time a request waited for the engine (s).", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.compute_seconds = Histogram(
+            "quala_compute_seconds", "Wall time of one engine call (s).", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_questions = Histogram(
+            "quala_batch_questions", "Questions per engine call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.answers = Counter(
+            "quala_answers",
+            "Questions answered, by length configuration and what chose it.",
+            ["config", "chosen_by"],
+            registry=r,
+        )
+        self.macs_fraction = Histogram(
+            "quala_macs_fraction", "MACs fraction of the full model per question.", buckets=FRACTION_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("quala_queue_depth", "Requests waiting for the engine.", registry=r)
 
     def watch(self, worker: EngineWorker, target_p95_ms: float | None) -> None:
@@ -324,10 +351,12 @@ class ServeMetrics:
             return
         r = self.registry
         Gauge("quala_target_p95_seconds", "The latency target (--target-p95-ms).", registry=r).set(target_p95_ms / 1000)
-        Gauge("quala_predicted_wait_seconds", "Predicted engine time queued ahead of a new request (s).",
-              registry=r).set_function(lambda: worker.target.backlog.wait_s() if worker.target else 0.0)
-        Gauge("quala_cost_scale", "Online correction of the calibrated costs (observed / calibrated time).",
-              registry=r).set_function(lambda: worker.target.cost.scale if worker.target else 1.0)
+        Gauge(
+            "quala_predicted_wait_seconds", "Predicted engine time queued ahead of a new request (s).", registry=r
+        ).set_function(lambda: worker.target.backlog.wait_s() if worker.target else 0.0)
+        Gauge(
+            "quala_cost_scale", "Online correction of the calibrated costs (observed / calibrated time).", registry=r
+        ).set_function(lambda: worker.target.cost.scale if worker.target else 1.0)
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -401,9 +430,17 @@ class EngineWorker:
     when they are queued, and every job's predicted time is kept in the target's backlog.
     """
 
-    def __init__(self, engine: QAEngine, micro_batch: bool, window_ms: float, max_batch: int,
-                 max_queue: int = 256, target: LatencyTarget | None = None, metrics: ServeMetrics | None = None,
-                 clock: Any = time.perf_counter):
+    def __init__(
+        self,
+        engine: QAEngine,
+        micro_batch: bool,
+        window_ms: float,
+        max_batch: int,
+        max_queue: int = 256,
+        target: LatencyTarget | None = None,
+        metrics: ServeMetrics | None = None,
+        clock: Any = time.perf_counter,
+    ):
         self.engine = engine
         self.max_queue = max_queue
         self.micro_batch = micro_batch
@@ -519,8 +556,9 @@ class EngineWorker:
                 job.future.set_result(Served(answers[i : i + len(job.items)], queue_s * 1000, seconds * 1000))
             i += len(job.items)
 
-    def _call(self, items: list[tuple[str, str]], length_config: list[int] | None,
-              top_k: int) -> tuple[list[Answer], float]:
+    def _call(
+        self, items: list[tuple[str, str]], length_config: list[int] | None, top_k: int
+    ) -> tuple[list[Answer], float]:
         t0 = self.clock()
         answers = self.engine.answer_batch(
             items, length_config=length_config if length_config is not None else "full", top_k=top_k
@@ -552,15 +590,26 @@ def _groups(jobs: list[_Job]) -> list[list[_Job]]:
 
 # ------------------------------------------------------------------------------------------ app
 def _point(p: FrontPoint, full_macs: int) -> dict[str, Any]:
-    return {"length_config": p.length_config, "f1": p.f1, "macs": p.macs,
-            "macs_fraction": p.macs / full_macs, "latency_ms": p.latency_ms}
+    return {
+        "length_config": p.length_config,
+        "f1": p.f1,
+        "macs": p.macs,
+        "macs_fraction": p.macs / full_macs,
+        "latency_ms": p.latency_ms,
+    }
 
 
 def _response(a: Answer, full_macs: int, top_k: int, queue_ms: float) -> AnswerResponse:
     out = AnswerResponse(
-        answer=a.answer, score=a.score, start=a.start, end=a.end, length_config=a.length_config,
-        macs=int(a.macs or 0), macs_fraction=round((a.macs or 0) / full_macs, 6),
-        latency_ms=round(float(a.latency_ms or 0.0), 3), queue_ms=round(queue_ms, 3),
+        answer=a.answer,
+        score=a.score,
+        start=a.start,
+        end=a.end,
+        length_config=a.length_config,
+        macs=int(a.macs or 0),
+        macs_fraction=round((a.macs or 0) / full_macs, 6),
+        latency_ms=round(float(a.latency_ms or 0.0), 3),
+        queue_ms=round(queue_ms, 3),
     )
     if top_k > 1:
         out.answers = [Span(answer=p.text, score=p.score, start=p.start, end=p.end) for p in a.alternatives]
@@ -575,8 +624,9 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (use as ``with TestClient(app)`` in tests so the worker starts)."""
     config = config or ServeConfig()
     metrics = ServeMetrics()
-    worker = EngineWorker(engine, config.micro_batch, config.batch_window_ms, config.max_batch,
-                          config.max_queue, metrics=metrics)
+    worker = EngineWorker(
+        engine, config.micro_batch, config.batch_window_ms, config.max_batch, config.max_queue, metrics=metrics
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -634,11 +684,14 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
         for n, it in enumerate(items):
             where = f"items[{n}]." if len(items) > 1 else ""
             if len(it.context) > config.max_context_chars:
-                raise _TooLarge(f"{where}context has {len(it.context)} characters; the limit is "
-                                f"{config.max_context_chars} (split it, or raise --max-context-chars)")
+                raise _TooLarge(
+                    f"{where}context has {len(it.context)} characters; the limit is "
+                    f"{config.max_context_chars} (split it, or raise --max-context-chars)"
+                )
             if len(it.question) > config.max_question_chars:
-                raise _TooLarge(f"{where}question has {len(it.question)} characters; the limit is "
-                                f"{config.max_question_chars}")
+                raise _TooLarge(
+                    f"{where}question has {len(it.question)} characters; the limit is {config.max_question_chars}"
+                )
 
     def resolve(req: _Options) -> tuple[list[int] | None | str, str]:
         """The configuration to run (AUTO: the latency target picks it when queued) and what chose it."""
@@ -664,8 +717,7 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
     async def on_too_large(request: Request, exc: _TooLarge) -> JSONResponse:
         return _error(413, str(exc))
 
-    @app.post("/v1/answer", response_model=AnswerResponse, response_model_exclude_unset=True,
-              responses=errors)
+    @app.post("/v1/answer", response_model=AnswerResponse, response_model_exclude_unset=True, responses=errors)
     async def answer(req: AnswerRequest) -> AnswerResponse:
         """Answer one question from its context at the requested compute budget."""
         check_sizes([req])
@@ -674,20 +726,25 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
         count(served.answers, chosen_by)
         return _response(served.answers[0], engine.full_macs, req.top_k, served.queue_ms)
 
-    @app.post("/v1/answer/batch", response_model=BatchResponse, response_model_exclude_unset=True,
-              responses=errors)
+    @app.post("/v1/answer/batch", response_model=BatchResponse, response_model_exclude_unset=True, responses=errors)
     async def answer_batch(req: BatchRequest) -> BatchResponse:
         """Answer many questions in one engine call, all at the same budget."""
         if len(req.items) > config.max_batch:
             raise _TooLarge(f"{len(req.items)} items; at most {config.max_batch} per request (--max-batch)")
         check_sizes(req.items)
         lengths, chosen_by = resolve(req)
-        served = await worker.submit([(it.question, it.context) for it in req.items], lengths, req.top_k,
-                                     mergeable=False)
+        served = await worker.submit(
+            [(it.question, it.context) for it in req.items], lengths, req.top_k, mergeable=False
+        )
         count(served.answers, chosen_by)
         out = [_response(a, engine.full_macs, req.top_k, served.queue_ms) for a in served.answers]
-        return BatchResponse(answers=out, length_config=out[0].length_config, macs=out[0].macs,
-                             latency_ms=out[0].latency_ms, queue_ms=out[0].queue_ms)
+        return BatchResponse(
+            answers=out,
+            length_config=out[0].length_config,
+            macs=out[0].macs,
+            latency_ms=out[0].latency_ms,
+            queue_ms=out[0].queue_ms,
+        )
 
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
@@ -702,15 +759,27 @@ def create_app(engine: QAEngine, config: ServeConfig | None = None) -> FastAPI:
             "full_macs": engine.full_macs,
             "front": [_point(fp, engine.full_macs) for fp in engine.front],
             "presets": {name: _point(fp, engine.full_macs) for name, fp in engine.presets().items()},
-            "limits": {"max_context_chars": config.max_context_chars,
-                       "max_question_chars": config.max_question_chars, "max_batch": config.max_batch,
-                       "max_body_bytes": config.max_body_bytes, "max_top_k": MAX_TOP_K},
-            "micro_batching": {"enabled": config.micro_batch, "window_ms": config.batch_window_ms,
-                               "engine_calls": worker.calls, "questions": worker.questions},
-            "latency_target": None if worker.target is None else {
-                "target_p95_ms": config.target_p95_ms, "headroom": HEADROOM,
+            "limits": {
+                "max_context_chars": config.max_context_chars,
+                "max_question_chars": config.max_question_chars,
+                "max_batch": config.max_batch,
+                "max_body_bytes": config.max_body_bytes,
+                "max_top_k": MAX_TOP_K,
+            },
+            "micro_batching": {
+                "enabled": config.micro_batch,
+                "window_ms": config.batch_window_ms,
+                "engine_calls": worker.calls,
+                "questions": worker.questions,
+            },
+            "latency_target": None
+            if worker.target is None
+            else {
+                "target_p95_ms": config.target_p95_ms,
+                "headroom": HEADROOM,
                 "predicted_wait_ms": round(worker.target.backlog.wait_s() * 1000, 3),
-                "cost_model": worker.target.table()},
+                "cost_model": worker.target.table(),
+            },
         }
 
     @app.get("/healthz")
@@ -748,8 +817,6 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     engine = QAEngine.from_pretrained(config.model, backend=config.backend, threads=config.threads)
-    log.info("serving %s (%s) on http://%s:%d", config.model, engine.predictor.backend, config.host,
-             config.port)
+    log.info("serving %s (%s) on http://%s:%d", config.model, engine.predictor.backend, config.host, config.port)
     app = create_app(engine, config)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
-

@@ -221,10 +221,7 @@ class DevicePredictor(TorchPredictor):
 
 def load_train_data(config: TrainConfig) -> list[SquadData]:
     articles = config.train_articles or [None] * len(config.train_files)
-    return [
-        load_squad(f, a if a not in ("", ":") else None)
-        for f, a in zip(config.train_files, articles, strict=True)
-    ]
+    return [load_squad(f, a if a not in ("", ":") else None) for f, a in zip(config.train_files, articles, strict=True)]
 
 
 def check_same_vocab(student_tok: Any, teacher_tok: Any, teacher: str) -> None:
@@ -236,9 +233,7 @@ def check_same_vocab(student_tok: Any, teacher_tok: Any, teacher: str) -> None:
         )
 
 
-def linear_schedule(
-    optimizer: torch.optim.Optimizer, warmup: int, total: int
-) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the peak learning rate, then linear decay to 0 (Devlin et al. 2019)."""
 
     def factor(step: int) -> float:
@@ -276,9 +271,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
             else:
                 scalars.setdefault(str(idx), {})[name] = value
     save_file(tensors, str(directory / "optimizer.safetensors"))
-    write_json_atomic(
-        directory / "optimizer.json", {"param_groups": state["param_groups"], "scalars": scalars}
-    )
+    write_json_atomic(directory / "optimizer.json", {"param_groups": state["param_groups"], "scalars": scalars})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
@@ -316,14 +309,10 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         ld = config.length_drop
-        handlers = [
-            DistributedDataParallelKwargs(find_unused_parameters=ld.enabled and ld.layer_drop_prob > 0)
-        ]
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=ld.enabled and ld.layer_drop_prob > 0)]
         # several processes without CUDA (torchrun / accelerate launch on CPUs): gloo data parallelism
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, cpu=multi_cpu, kwargs_handlers=handlers
-        )
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=multi_cpu, kwargs_handlers=handlers)
         torch.manual_seed(config.seed)
         self.tokenizer = tokenizer
         self.features = train_features
@@ -336,9 +325,7 @@ class Trainer:
             n_s, n_t = model.num_layers, teacher.num_layers
             layer_map = config.kd.layer_map or default_layer_map(n_s, n_t)
             if len(layer_map) != n_s or not all(1 <= t <= n_t for t in layer_map):
-                raise QualaError(
-                    f"kd.layer_map must give one teacher layer in 1..{n_t} per student layer ({n_s})"
-                )
+                raise QualaError(f"kd.layer_map must give one teacher layer in 1..{n_t} per student layer ({n_s})")
             self.intermediate = IntermediateKD(
                 model.config.hidden_size,
                 teacher.config.hidden_size,
@@ -418,9 +405,7 @@ class Trainer:
             output_attentions=need_internals,
         )
         mask = batch["attention_mask"]
-        hard = self.span_loss(
-            out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask
-        )
+        hard = self.span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask)
         logged = {"full": hard.loss.item()}
         loss = hard.loss
         if self.teacher is not None:
@@ -726,9 +711,7 @@ class Trainer:
         found = self._checkpoints()
         if not found:
             if self.accelerator.is_main_process:
-                print(
-                    f"--resume: no checkpoint in {self.out / CHECKPOINTS}, starting from scratch", flush=True
-                )
+                print(f"--resume: no checkpoint in {self.out / CHECKPOINTS}, starting from scratch", flush=True)
             return
         step, ckpt = max(found)
         state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
@@ -771,9 +754,7 @@ class Trainer:
             length_drop=cfg.length_drop.enabled,
             train_data=[
                 {"file": f, "articles": a}
-                for f, a in zip(
-                    cfg.train_files, cfg.train_articles or [None] * len(cfg.train_files), strict=True
-                )
+                for f, a in zip(cfg.train_files, cfg.train_articles or [None] * len(cfg.train_files), strict=True)
             ],
             eval_data={"file": cfg.eval_file, "articles": cfg.eval_articles} if cfg.eval_file else None,
             steps=self.step,
@@ -791,8 +772,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     out = Path(config.output_dir)
     if not config.resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).glob("step-*")):
         raise QualaError(
-            f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose "
-            "another --output-dir"
+            f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --output-dir"
         )
     if out.exists() and not out.is_dir():
         raise QualaError(f"--output-dir {out} exists and is not a directory")
