@@ -628,3 +628,13 @@ def test_cpu_isa_flags_read_from_cpuinfo():
     assert cpu_isa_flags() == [f for f in ISA_FLAGS if f in present]
     assert ("avx2" in cpu_isa_flags()) == ("avx2" in present)
     assert machine_info()["isa_flags"] == cpu_isa_flags()
+
+
+def test_card_names_depth_baselines_without_token_dropping():
+    from quala.card import _row_name
+
+    depth = {"model": "int8, first 4 layers", "baseline": "first 4 layers", "length_config": [384] * 4 + [0, 0]}
+    front = {"model": "int8", "length_config": [300, 200, 100, 50, 40, 30]}
+    assert _row_name(depth) == "QuaLA-MiniLM int8, first 4 layers"
+    assert _row_name(front) == "QuaLA-MiniLM int8, token dropping"
+    assert _row_name({"model": "int8", "length_config": None}) == "QuaLA-MiniLM int8"

@@ -220,8 +220,8 @@ def _tokens(length_config: list[int] | None, model: dict[str, Any]) -> str:
 def _row_name(row: dict[str, Any]) -> str:
     if row["model"].startswith("BERT-base"):
         return row["model"]
-    full = row["length_config"] is None
-    return f"QuaLA-MiniLM {row['model']}" + ("" if full else ", token dropping")
+    dropping = row["length_config"] is not None and not row.get("baseline")  # a depth baseline drops layers
+    return f"QuaLA-MiniLM {row['model']}" + (", token dropping" if dropping else "")
 
 
 def metrics_table(results: dict[str, Any]) -> list[str]:
