@@ -43,6 +43,7 @@ from quala.engine import Predictor
 from quala.errors import QualaError
 from quala.macs import count_macs
 from quala.metric import squad_v1_scores
+from quala.report import fmt
 
 PROTOCOLS = ("serving", "papers")
 PAPERS_LENGTH = 384
@@ -499,25 +500,21 @@ COLUMNS = [
     ("tokens per layer", lambda r: ",".join(map(str, r.length_config)) if r.length_config else "full"),
     ("rule", lambda r: r.length_rule or "–"),
     ("windows", lambda r: f"{r.max_seq_length}/{r.doc_stride}"),
-    ("size MB", lambda r: _fmt(r.size_mb, 1)),
-    ("F1", lambda r: _fmt(r.f1, 2)),
-    ("EM", lambda r: _fmt(r.exact_match, 2)),
-    ("ΔF1 vs fp32", lambda r: _fmt(r.f1_delta_vs_fp32, 2)),
+    ("size MB", lambda r: fmt(r.size_mb, 1)),
+    ("F1", lambda r: fmt(r.f1, 2)),
+    ("EM", lambda r: fmt(r.exact_match, 2)),
+    ("ΔF1 vs fp32", lambda r: fmt(r.f1_delta_vs_fp32, 2)),
     ("GMACs", lambda r: f"{r.macs / 1e9:.2f}"),
-    ("median ms", lambda r: _fmt(r.latency_ms_median, 1)),
-    ("p90 ms", lambda r: _fmt(r.latency_ms_p90, 1)),
-    ("questions/s", lambda r: _fmt(r.questions_per_second, 1)),
-    ("× BERT-base", lambda r: _fmt(r.speedup_vs_bert_base, 2, "×")),
-    ("× fp32 eager", lambda r: _fmt(r.speedup_vs_minilm_fp32, 2, "×")),
+    ("median ms", lambda r: fmt(r.latency_ms_median, 1)),
+    ("p90 ms", lambda r: fmt(r.latency_ms_p90, 1)),
+    ("questions/s", lambda r: fmt(r.questions_per_second, 1)),
+    ("× BERT-base", lambda r: fmt(r.speedup_vs_bert_base, 2, "×")),
+    ("× fp32 eager", lambda r: fmt(r.speedup_vs_minilm_fp32, 2, "×")),
 ]
 PANEL_TITLES = {
     "serving": "real lengths, model's length rule; latency per request of {bs} question(s)",
     "papers": "padded to 384, clip length rule; latency per feature (batch time / features)",
 }
-
-
-def _fmt(value: float | None, digits: int, suffix: str = "") -> str:
-    return "–" if value is None else f"{value:.{digits}f}{suffix}"
 
 
 def markdown_table(result: BenchmarkResult) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from quala.errors import QualaError
 from quala.io import cpu_isa_flags, machine_info, read_json, read_manifest, write_json_atomic
+from quala.report import fmt
 
 RESULTS = "results.json"
 CARD = "MODEL_CARD.md"
@@ -208,10 +209,6 @@ def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ rendering
-def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
-    return "–" if value is None else f"{value:.{digits}f}{suffix}"
-
-
 def _tokens(length_config: list[int] | None, model: dict[str, Any]) -> str:
     ref = model["length_adaptive"].get("reference_length", 384)
     return f"{ref} ×{model['layers']}" if length_config is None else ",".join(map(str, length_config))
@@ -236,9 +233,9 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
         layers = r.get("layers")
         tokens = f"384 ×{layers}" if layers else _tokens(r["length_config"], model)
         lines.append(
-            f"| {_row_name(r)} | {r['backend']} | {tokens} | {_fmt(r['f1'])} | {_fmt(r['exact_match'])} "
-            f"| {_fmt(r['macs'] / 1e9, 3)} | {_fmt(r['size_mb'], 1)} | {_fmt(r['latency_ms'], 1)} "
-            f"| {_fmt(r['speedup_vs_minilm_fp32'], 2, '×')} | {_fmt(r['speedup_vs_bert_base'], 2, '×')} |"
+            f"| {_row_name(r)} | {r['backend']} | {tokens} | {fmt(r['f1'])} | {fmt(r['exact_match'])} "
+            f"| {fmt(r['macs'] / 1e9, 3)} | {fmt(r['size_mb'], 1)} | {fmt(r['latency_ms'], 1)} "
+            f"| {fmt(r['speedup_vs_minilm_fp32'], 2, '×')} | {fmt(r['speedup_vs_bert_base'], 2, '×')} |"
         )
     return lines
 
@@ -262,7 +259,7 @@ def presets_table(results: dict[str, Any]) -> list[str]:
         p = resolve_budget(front, Budget(preset=name), full)
         lines.append(
             f"| `{name}` | {rules[name]} | {_tokens(p.length_config, results['model'])} "
-            f"| {_fmt(p.f1)} | {p.macs / full:.0%} |"
+            f"| {fmt(p.f1)} | {p.macs / full:.0%} |"
         )
     return lines
 
@@ -302,7 +299,7 @@ def render_card(results: dict[str, Any]) -> str:
         f"uncased WordPiece vocabulary of {m['vocab_size']:,} (MiniLM-L{m['layers']}-H{m['hidden_size']}); "
         f"{m['parameters'] / 1e6:.1f} M parameters, span-prediction head on top.",
         f"- **Weights**: `{pkg.get('weights', 'model.safetensors')}`, {pkg.get('dtype', '?')} "
-        f"({_fmt(pkg.get('weights_mb'), 1)} MB), loaded as fp32; the int8 ONNX Runtime model is built from them "
+        f"({fmt(pkg.get('weights_mb'), 1)} MB), loaded as fp32; the int8 ONNX Runtime model is built from them "
         "on first use and cached.",
     ]
     out += _base_lines(base)
@@ -332,7 +329,7 @@ def render_card(results: dict[str, Any]) -> str:
         "**Recipe** (`quala pipeline`; the resolved configuration is in `results.json`):",
         "",
         f"1. Fine-tuning: {_steps(stages.get('finetune'))} optimizer steps of {ft.get('batch_size')} features "
-        f"({_fmt(t['epochs'].get('finetune'))} epoch), AdamW, peak learning rate {ft.get('lr')}, linear warm-up "
+        f"({fmt(t['epochs'].get('finetune'))} epoch), AdamW, peak learning rate {ft.get('lr')}, linear warm-up "
         f"{ft.get('warmup_ratio')} and decay, {ft.get('data', {}).get('max_seq_length', 384)}-token windows; "
         f"the checkpoint with the best validation F1 is kept.",
         f"2. LengthDrop (LAT §3): {_steps(stages.get('lengthdrop'))} steps of {ld.get('batch_size')} features, "
@@ -407,10 +404,10 @@ def render_card(results: dict[str, Any]) -> str:
         out.append(
             f"**Operating point** (cheapest int8 token-dropping configuration within {top['tolerance']:g} F1 "
             f"of full-length fp32): `{','.join(map(str, top['length_config']))}`, F1 {top['f1']:.2f}, "
-            f"{top['macs'] / 1e9:.3f} GMACs, {_fmt(top['latency_ms'], 1)} ms: "
-            f"{_fmt(top['speedup_vs_minilm_fp32'])}× MiniLM fp32, "
-            f"{_fmt(top['speedup_vs_int8_full_length'])}× int8 full length, "
-            f"{_fmt(top['speedup_vs_bert_base'])}× BERT-base."
+            f"{top['macs'] / 1e9:.3f} GMACs, {fmt(top['latency_ms'], 1)} ms: "
+            f"{fmt(top['speedup_vs_minilm_fp32'])}× MiniLM fp32, "
+            f"{fmt(top['speedup_vs_int8_full_length'])}× int8 full length, "
+            f"{fmt(top['speedup_vs_bert_base'])}× BERT-base."
         )
     else:
         out.append("No int8 token-dropping configuration stays within 1 F1 of the full-length fp32 model.")

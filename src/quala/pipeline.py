@@ -163,7 +163,7 @@ class Pipeline:
         from quala.quantize import reference_length
 
         config = AutoConfig.from_pretrained(self.trained_model)
-        full = [reference_length(config)] * self.num_layers  # the same model as full length
+        full = [reference_length(config)] * int(config.num_hidden_layers)  # the same model as full length
         points = [
             (p.macs, p.length_config)
             for p in load_front(self.trained_model, 0)

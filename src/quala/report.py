@@ -16,8 +16,9 @@ from quala.config import to_dict
 from quala.io import read_json, write_json_atomic, write_text_atomic
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    """A number for a Markdown table ("–" when missing); the report, the benchmark and the model card share it."""
+    return "–" if value is None else f"{value:.{digits}f}{suffix}"
 
 
 def _tokens(length_config: list[int] | None, reference_length: int, layers: int) -> str:
@@ -136,8 +137,8 @@ def comparison_section(bench: dict[str, Any]) -> list[str]:
         ]
         lines += [
             f"| {r['name']} | {','.join(map(str, r['length_config'])) if r['length_config'] else 'full'} "
-            f"| {_fmt(r['f1'])} | {_fmt(r['f1_delta_vs_fp32'])} | {_fmt(r['latency_ms_median'], 1)} "
-            f"| {_fmt(r['speedup_vs_bert_base'])} |"
+            f"| {fmt(r['f1'])} | {fmt(r['f1_delta_vs_fp32'])} | {fmt(r['latency_ms_median'], 1)} "
+            f"| {fmt(r['speedup_vs_bert_base'])} |"
             for r in papers
         ]
     card = bench.get("sample", {}).get("paper_config")
@@ -147,8 +148,8 @@ def comparison_section(bench: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"At the model card's configuration ({','.join(map(str, card))}) the int8 model scores "
-            f"F1 {clip['f1']:.2f} ({_fmt(clip['f1_delta_vs_fp32'])} vs fp32) under the papers' `clip` rule on "
-            f"inputs padded to 384, and F1 {ratio['f1']:.2f} ({_fmt(ratio['f1_delta_vs_fp32'])}) under the "
+            f"F1 {clip['f1']:.2f} ({fmt(clip['f1_delta_vs_fp32'])} vs fp32) under the papers' `clip` rule on "
+            f"inputs padded to 384, and F1 {ratio['f1']:.2f} ({fmt(ratio['f1_delta_vs_fp32'])}) under the "
             "`ratio` rule on real lengths, which is what a server with dynamic padding gets "
             "(docs/inference.md).",
         ]
@@ -196,9 +197,9 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
         windows = r.get("baseline") and not r["length_config"]  # the model column names the shorter windows
         tokens = "full" if windows else _tokens(r["length_config"], ref, r.get("layers", layers))
         lines.append(
-            f"| {r['model']} | {r['backend']} | {_fmt(r['size_mb'], 1)} | {tokens} "
-            f"| {_fmt(r['f1'])} | {_fmt(r['exact_match'])} | {_fmt(r['latency_ms'], 1)} | {_fmt(r['macs'] / 1e9, 3)} "
-            f"| {_fmt(r['speedup_vs_bert_base'], 2)} | {_fmt(r['speedup_vs_minilm_fp32'], 2)} |"
+            f"| {r['model']} | {r['backend']} | {fmt(r['size_mb'], 1)} | {tokens} "
+            f"| {fmt(r['f1'])} | {fmt(r['exact_match'])} | {fmt(r['latency_ms'], 1)} | {fmt(r['macs'] / 1e9, 3)} "
+            f"| {fmt(r['speedup_vs_bert_base'], 2)} | {fmt(r['speedup_vs_minilm_fp32'], 2)} |"
         )
     top = headline(rows)
     if top:
@@ -207,10 +208,10 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
             "**Operating point** (the cheapest int8 token-dropping configuration within "
             f"{top['tolerance']:g} F1 of the full-length fp32 model's {top['fp32_full_f1']:.2f}): "
             f"`{','.join(map(str, top['length_config']))}`, F1 {top['f1']:.2f}, "
-            f"{top['macs'] / 1e9:.3f} GMACs, {_fmt(top['latency_ms'], 1)} ms; "
-            f"{_fmt(top['speedup_vs_minilm_fp32'])}x MiniLM fp32 eager, "
-            f"{_fmt(top['speedup_vs_int8_full_length'])}x int8 without token dropping, "
-            f"{_fmt(top['speedup_vs_bert_base'])}x BERT-base.",
+            f"{top['macs'] / 1e9:.3f} GMACs, {fmt(top['latency_ms'], 1)} ms; "
+            f"{fmt(top['speedup_vs_minilm_fp32'])}x MiniLM fp32 eager, "
+            f"{fmt(top['speedup_vs_int8_full_length'])}x int8 without token dropping, "
+            f"{fmt(top['speedup_vs_bert_base'])}x BERT-base.",
         ]
     else:
         lines += [
