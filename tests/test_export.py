@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import tiny_hf_qa
 
+from quala.config import LengthAdaptiveConfig
 from quala.export import FUSED_OPS, export_full_length, export_length_adaptive, export_model
 from quala.model import LengthAdaptiveQA
 
@@ -49,11 +50,13 @@ def _torch_logits(model, batch, length_config):
     return out.start_logits.numpy(), out.end_logits.numpy()
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta"])
+@pytest.fixture(scope="module", params=["bert", "roberta", "bert-learned"])
 def exported(request, tmp_path_factory):
-    family = request.param
-    model = LengthAdaptiveQA(tiny_hf_qa(family, vocab_size=1000)).eval()
-    path = export_length_adaptive(model, tmp_path_factory.mktemp(f"onnx-{family}") / "model.onnx")
+    """The one length-adaptive graph of a tiny model; ``-learned``: significance from the learned scorer."""
+    family, _, significance = request.param.partition("-")
+    la_config = LengthAdaptiveConfig(significance=significance or "attention")
+    model = LengthAdaptiveQA(tiny_hf_qa(family, vocab_size=1000), la_config).eval()
+    path = export_length_adaptive(model, tmp_path_factory.mktemp(f"onnx-{request.param}") / "model.onnx")
     return family, model, _session(path)
 
 

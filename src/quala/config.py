@@ -54,14 +54,25 @@ class LengthAdaptiveConfig:
       drops the same fraction of its tokens and the MACs fraction is about the same for short and long inputs.
     - ``"clip"``: layer ``i`` keeps ``min(n_i, r)`` tokens, which is what the reference implementations do
       on inputs padded to ``reference_length`` (padding is dropped first).
+
+    ``significance`` says which tokens a layer keeps:
+
+    - ``"attention"`` (default): the attention probability each token receives, summed over heads and alive
+      queries (LAT §3.2). Needs the attention probabilities, so the layers that drop cannot use fused attention.
+    - ``"learned"``: a per-layer linear token scorer on the layer's attention output, trained to predict where
+      the full model puts its answer (docs/training.md, "Learned token significance"; in the spirit of
+      Block-Skim, Guan et al. 2022). Attention stays fused in every layer.
     """
 
     reference_length: int = 384
     length_rule: str = "ratio"
+    significance: str = "attention"
 
     def __post_init__(self) -> None:
         if self.length_rule not in ("ratio", "clip"):
             raise QualaError(f"length_rule must be 'ratio' or 'clip', got {self.length_rule!r}")
+        if self.significance not in ("attention", "learned"):
+            raise QualaError(f"significance must be 'attention' or 'learned', got {self.significance!r}")
         if self.reference_length < 1:
             raise QualaError(f"reference_length must be >= 1, got {self.reference_length}")
 

@@ -42,6 +42,27 @@ class LengthAdaptiveQAOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None  # N+1 restored buffers, each (B, L, D)
     attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, H, n_{i-1}, n_{i-1}) on alive tokens
     alive: tuple[torch.Tensor, ...] | None = None  # per layer (B, L) bool: original positions through its FFN
+    # learned significance (``output_token_scores``): per computed layer, the scorer's logits on the tokens that
+    # entered it, their original positions and which of them are alive; each (B, n_i)
+    token_scores: tuple[torch.Tensor, ...] | None = None
+    token_positions: tuple[torch.Tensor, ...] | None = None
+    token_masks: tuple[torch.Tensor, ...] | None = None
+
+
+class TokenScorer(nn.Module):
+    """One linear token scorer per layer, ``s_i = h · w_i + b_i`` on the layer's attention output: the learned
+    significance of :class:`~quala.config.LengthAdaptiveConfig`. Its parameters are stored inside the Hugging
+    Face checkpoint under ``quala_scorer.`` so that every copy, conversion and export of the weights keeps it."""
+
+    PREFIX = "quala_scorer."
+
+    def __init__(self, num_layers: int, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_layers, hidden_size) * 0.02)  # (N, D)
+        self.bias = nn.Parameter(torch.zeros(num_layers))  # (N,)
+
+    def forward(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        return torch.matmul(h, self.weight[layer]) + self.bias[layer]  # (B, n)
 
 
 # -------------------------------------------------------------------------------------- length configs
@@ -114,6 +135,12 @@ class LengthAdaptiveQA(nn.Module):
                 f"unsupported architecture {type(qa_model).__name__}: QuaLA supports BERT- and RoBERTa-family "
                 "encoders (BERT, MiniLM, RoBERTa, ...)"
             ) from None
+        self.scorer: TokenScorer | None = None
+        if self.la_config.significance == "learned":
+            if not isinstance(getattr(qa_model, "quala_scorer", None), TokenScorer):
+                # a submodule of the HF model, so its save_pretrained writes the scorer into model.safetensors
+                qa_model.quala_scorer = TokenScorer(len(self.layers), qa_model.config.hidden_size)
+            self.scorer = qa_model.quala_scorer
 
     @property
     def config(self):
@@ -155,7 +182,22 @@ class LengthAdaptiveQA(nn.Module):
             from quala.config import from_dict
 
             la_config = from_dict(LengthAdaptiveConfig, stored, where=f"{path}/config.json:{CONFIG_KEY}")
-        return cls(hf, la_config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(hf, la_config)
+        if model.scorer is not None:
+            _load_scorer(model.scorer, Path(path), required=stored.get("significance") == "learned")
+        return model
+
+    def with_significance(self, significance: str, seed: int = 0) -> LengthAdaptiveQA:
+        """The same weights with another token significance; switching to ``"learned"`` adds a fresh scorer
+        (seeded) unless the model has one, switching away removes it."""
+        la_config = dataclasses.replace(self.la_config, significance=significance)
+        if significance != "learned" and hasattr(self.hf, "quala_scorer"):
+            del self.hf.quala_scorer
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return type(self)(self.hf, la_config)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Save as a plain HF QA checkpoint (safetensors) with the length-adaptive settings in config.json."""
@@ -172,6 +214,7 @@ class LengthAdaptiveQA(nn.Module):
         skip_layers: Sequence[int] = (),
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        output_token_scores: bool = False,
     ) -> LengthAdaptiveQAOutput:
         """Span logits with Drop-and-Restore.
 
@@ -179,6 +222,7 @@ class LengthAdaptiveQA(nn.Module):
         skipped, see :func:`depth_config`), or an int64 tensor of shape ``(N,)`` (graph input for ONNX export:
         every layer then computes significance; counts must be >= 1).
         ``skip_layers``: layers to skip (LayerDrop, Fan et al. 2020); a skipped layer keeps the previous length.
+        ``output_token_scores``: the learned scorer's logits at every computed layer (for its training loss).
         """
         B, L = input_ids.shape
         if attention_mask is None:
@@ -193,10 +237,14 @@ class LengthAdaptiveQA(nn.Module):
         positions = torch.arange(L, device=h.device).expand(B, L)  # (B, n) original index of each slot
         buffer = None  # (B, L+1, D) restore buffer; slot L is a sink for masked slots. None while nothing dropped
         rule, ref = self.la_config.length_rule, self.la_config.reference_length
+        learned = self.scorer is not None
+        if output_token_scores and not learned:
+            raise QualaError("output_token_scores needs a model with significance 'learned'")
         prev = ref
         hiddens = [h] if output_hidden_states else None
         attns = [] if output_attentions else None
         alive_out = [] if output_hidden_states else None
+        scores_out: tuple[list, list, list] | None = ([], [], []) if output_token_scores else None
         for i, layer in enumerate(self.layers):
             if i in skip_layers:
                 if hiddens is not None:
@@ -212,17 +260,25 @@ class LengthAdaptiveQA(nn.Module):
                 prev = n_i
                 if n_i == 0:  # a depth configuration: this layer and every later one are skipped
                     break
-            attn_out, probs = self._attention(layer, h, mask, need_probs=drop or output_attentions)
+            need_probs = (drop and not learned) or output_attentions
+            attn_out, probs = self._attention(layer, h, mask, need_probs=need_probs)
             if attns is not None:
                 attns.append(probs)
+            scores = self.scorer(attn_out, i) if learned and (drop or scores_out is not None) else None  # (B, n)
+            if scores_out is not None:
+                for store, value in zip(scores_out, (scores, positions, mask)):
+                    store.append(value)
             if drop:
                 keep = keep_counts(n_i, real, alive_count, rule, ref)  # (B,)
-                # significance = attention received, summed over heads and alive queries (LAT §3.2)
-                # as one GEMV over (head, query) rows, faster in ONNX Runtime than Mul + ReduceSum (docs/inference.md)
-                H, n = probs.shape[1], probs.shape[-1]
-                weights = mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # (B, 1, H*n): alive queries, per head
-                sig = torch.matmul(weights, probs.reshape(B, H * n, n)).squeeze(1)  # (B, n)
-                sig = sig.masked_fill(~mask, -1.0)  # padding and dropped slots go first
+                if learned:
+                    sig = scores.detach().masked_fill(~mask, torch.finfo(scores.dtype).min)
+                else:
+                    # significance = attention received, summed over heads and alive queries (LAT §3.2) as one
+                    # GEMV over (head, query) rows, faster in ONNX Runtime than Mul + ReduceSum (docs/inference.md)
+                    H, n = probs.shape[1], probs.shape[-1]
+                    weights = mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # (B, 1, H*n): alive queries
+                    sig = torch.matmul(weights, probs.reshape(B, H * n, n)).squeeze(1)  # (B, n)
+                    sig = sig.masked_fill(~mask, -1.0)  # padding and dropped slots go first
                 k = keep.max() if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else int(keep.max())
                 idx = sig.topk(k, dim=-1).indices  # (B, k), most significant first
                 attn_out = _take_rows(attn_out, idx)  # (B, k, D)
@@ -251,6 +307,9 @@ class LengthAdaptiveQA(nn.Module):
             hidden_states=tuple(hiddens) if hiddens is not None else None,
             attentions=tuple(attns) if attns is not None else None,
             alive=tuple(alive_out) if alive_out is not None else None,
+            token_scores=tuple(scores_out[0]) if scores_out is not None else None,
+            token_positions=tuple(scores_out[1]) if scores_out is not None else None,
+            token_masks=tuple(scores_out[2]) if scores_out is not None else None,
         )
 
     def _attention(
@@ -302,6 +361,32 @@ def _alive_positions(positions: torch.Tensor, mask: torch.Tensor, B: int, L: int
     alive = torch.zeros(B, L + 1, dtype=torch.bool, device=positions.device)
     sink = torch.where(mask, positions, torch.full_like(positions, L))
     return alive.scatter(1, sink, True)[:, :L]
+
+
+def _load_scorer(scorer: TokenScorer, path: Path, required: bool) -> None:
+    """Copy the ``quala_scorer.*`` tensors of ``path/model.safetensors`` into ``scorer``. A model converted to
+    learned significance for training has none yet (``required`` False): its scorer keeps the seeded init."""
+    from safetensors import safe_open
+
+    file = path / "model.safetensors"
+    names = {name: TokenScorer.PREFIX + name for name in ("weight", "bias")}
+    tensors = {}
+    if file.is_file():
+        with safe_open(str(file), framework="pt") as f:
+            keys = set(f.keys())
+            tensors = {name: f.get_tensor(key) for name, key in names.items() if key in keys}
+    if len(tensors) < len(names):
+        if required:
+            raise QualaError(f"{path} says significance 'learned' but model.safetensors has no quala_scorer weights")
+        return
+    if tensors["weight"].shape != scorer.weight.shape:
+        raise QualaError(
+            f"{file}: quala_scorer.weight has shape {tuple(tensors['weight'].shape)}, expected "
+            f"{tuple(scorer.weight.shape)}"
+        )
+    with torch.no_grad():
+        scorer.weight.copy_(tensors["weight"].float())
+        scorer.bias.copy_(tensors["bias"].float())
 
 
 # ------------------------------------------------------------------------------------------ resolution

@@ -44,6 +44,8 @@ from quala.objectives import (
     PredictionKD,
     SpanLoss,
     SubModel,
+    TokenScorerLoss,
+    answer_relevance,
     default_layer_map,
 )
 
@@ -97,6 +99,26 @@ class LengthDropConfig:
 
 
 @dataclass
+class ScorerConfig:
+    """Learned token significance (``significance: learned``): how its scorer is trained (docs/training.md)."""
+
+    weight: float = 1.0  # weight of the scorer loss beside the span losses
+    window: int = 15  # tokens around the full model's answer that count as relevant
+    question_weight: float = 0.2  # share of the target spread over the question segment
+    lr: float | None = None  # the scorer's own learning rate (a fresh linear head learns faster); None: lr
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise QualaError(f"scorer.weight must be >= 0, got {self.weight}")
+        if self.window < 1:
+            raise QualaError(f"scorer.window must be >= 1, got {self.window}")
+        if not 0 <= self.question_weight < 1:
+            raise QualaError(f"scorer.question_weight must be in [0, 1), got {self.question_weight}")
+        if self.lr is not None and self.lr <= 0:
+            raise QualaError(f"scorer.lr must be > 0, got {self.lr}")
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run depends on; saved as ``quala_config.yaml`` in the output directory."""
 
@@ -123,12 +145,18 @@ class TrainConfig:
     # torch.compile the per-layer FFN and attention-output blocks (dynamic shapes); the Drop-and-Restore
     # control flow stays eager, so sub-models with new length configurations do not recompile
     compile: bool = False
+    # "learned": convert the model to learned token significance (a new scorer unless it has one)
+    significance: str | None = None
+    trainable: str = "all"  # "all" | "scorer": train only the token scorer, the encoder and span head frozen
     threads: int | None = None  # CPU threads for torch
     log_every: int = 10
     eval_every: int | None = None  # optimizer steps between validations (None: end of each epoch)
-    # stop once this many validations in a row have not beaten the best full-length F1 (None: run to the end);
+    # stop once this many validations in a row have not beaten the best score of `select` (None: run to the end);
     # the output directory keeps the best model either way
     patience: int | None = None
+    # validation score that picks the saved model: "full" F1, the "smallest" sub-model's, or their "mean"
+    # (LengthDrop); default "smallest" when only the scorer trains (the full model cannot change), else "full"
+    select: str | None = None
     eval_batch_size: int = 32
     save_every: int = 200  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
@@ -137,6 +165,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     kd: KDConfig = field(default_factory=KDConfig)
     length_drop: LengthDropConfig = field(default_factory=LengthDropConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
     def __post_init__(self) -> None:
         checks = [
@@ -157,6 +186,15 @@ class TrainConfig:
                 f"eval_every must be >= 1, got {self.eval_every}",
             ),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (
+                self.significance in (None, "attention", "learned"),
+                f"significance must be 'attention' or 'learned', got {self.significance!r}",
+            ),
+            (self.trainable in ("all", "scorer"), f"trainable must be 'all' or 'scorer', got {self.trainable!r}"),
+            (
+                self.select in (None, "full", "smallest", "mean"),
+                f"select must be 'full', 'smallest' or 'mean', got {self.select!r}",
+            ),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
@@ -320,6 +358,7 @@ class Trainer:
         self.span_loss = SpanLoss()
         self.kd = PredictionKD(config.kd.temperature, config.kd.loss) if teacher is not None else None
         self.inplace = PredictionKD(1.0, "kl")  # LAT: KL against the full model's detached logits at T = 1
+        self.scorer_loss = TokenScorerLoss() if model.scorer is not None else None
         self.intermediate: IntermediateKD | None = None
         if teacher is not None and config.kd.intermediate:
             n_s, n_t = model.num_layers, teacher.num_layers
@@ -341,24 +380,34 @@ class Trainer:
             raise QualaError("LengthDrop with dynamic padding needs the model's length_rule 'ratio'")
         if config.freeze_word_embeddings:
             model.embeddings.word_embeddings.weight.requires_grad_(False)
+        if config.trainable == "scorer":
+            if model.scorer is None:
+                raise QualaError("trainable 'scorer' needs significance 'learned' (set significance: learned)")
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.scorer.requires_grad_(True)
         if config.compile:
             for layer in model.layers:
                 for block in (layer.attention.output, layer.intermediate, layer.output):
                     block.compile(dynamic=True)
-        decay, no_decay = [], []
+        decay, no_decay, scorer = [], [], []
+        scorer_ids = {id(p) for p in model.scorer.parameters()} if model.scorer is not None else set()
         modules = [model] + ([self.intermediate] if self.intermediate is not None else [])
         for module in modules:
             for name, p in module.named_parameters():
                 if not p.requires_grad:
                     continue
-                (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.lr,
-        )
+                if id(p) in scorer_ids:
+                    scorer.append(p)
+                else:
+                    (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if scorer:
+            groups.append({"params": scorer, "weight_decay": 0.0, "lr": config.scorer.lr or config.lr})
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
         acc = self.accelerator
         self.micro_per_epoch = len(self._epoch_batches(0))
         self.steps_per_epoch = max(1, self.micro_per_epoch // config.grad_accum)
@@ -403,11 +452,16 @@ class Trainer:
             batch.get("token_type_ids"),
             output_hidden_states=need_internals,
             output_attentions=need_internals,
+            output_token_scores=self.scorer_loss is not None,
         )
         mask = batch["attention_mask"]
         hard = self.span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask)
         logged = {"full": hard.loss.item()}
         loss = hard.loss
+        if self.config.trainable == "scorer":  # the span head is frozen: only the scorer learns
+            scored = self._scorer_term(batch, out, out)
+            logged["scorer"] = scored.item()
+            return scored, out, logged
         if self.teacher is not None:
             with torch.no_grad():
                 t_out = self.teacher(
@@ -427,7 +481,24 @@ class Trainer:
                 )
                 loss = loss + inter.loss
                 logged["intermediate"] = inter.loss.item()
+        if self.scorer_loss is not None:
+            scored = self._scorer_term(batch, out, out)
+            loss = loss + self.config.scorer.weight * scored
+            logged["scorer"] = scored.item()
         return loss, out, logged
+
+    def _scorer_term(self, batch: dict[str, torch.Tensor], out: Any, full_out: Any) -> torch.Tensor:
+        """Scorer loss of ``out``'s scored layers against where ``full_out`` (the full model) puts its answer."""
+        sc = self.config.scorer
+        target = answer_relevance(
+            full_out.start_logits.detach(),
+            full_out.end_logits.detach(),
+            batch["attention_mask"],
+            batch.get("token_type_ids"),
+            sc.window,
+            sc.question_weight,
+        )
+        return self.scorer_loss(out.token_scores, out.token_positions, out.token_masks, target).loss
 
     @property
     def _teacher_types(self) -> bool:
@@ -440,19 +511,24 @@ class Trainer:
             batch.get("token_type_ids"),
             length_config=sub.length_config,
             skip_layers=sub.skip_layers,
+            output_token_scores=self.scorer_loss is not None,
         )
         mask = batch["attention_mask"]
         if self.config.length_drop.inplace_distillation:
-            return self.inplace(
+            loss = self.inplace(
                 out.start_logits,
                 out.end_logits,
                 full_out.start_logits.detach(),
                 full_out.end_logits.detach(),
                 mask,
             ).loss
-        return self.span_loss(
-            out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask
-        ).loss
+        else:
+            loss = self.span_loss(
+                out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask
+            ).loss
+        if self.scorer_loss is not None:
+            loss = loss + self.config.scorer.weight * self._scorer_term(batch, out, full_out)
+        return loss
 
     def _micro_batch(self, indices: list[int], sync: bool) -> dict[str, float]:
         """Forward/backward of every pass of one micro-batch; gradients sync on the step's last backward."""
@@ -580,7 +656,7 @@ class Trainer:
         )
 
     def _plateaued(self, steps_per_epoch: int) -> bool:
-        """True once ``patience`` validations in a row have not improved the best full-length F1."""
+        """True once ``patience`` validations in a row have not improved the best validation score."""
         cfg = self.config
         if not cfg.patience or self.best_step is None:
             return False
@@ -618,16 +694,24 @@ class Trainer:
                 "eval_questions": full.num_questions,
                 "eval_seconds": full.seconds,
             }
-            if self.config.length_drop.enabled:
+            select = self.selection
+            score = full.f1
+            if self.config.length_drop.enabled or model.scorer is not None or select != "full":
                 small = self.sampler.smallest().length_config
                 sub, _ = evaluate(predictor, self.eval_data, small, eval_cfg)
                 record.update(eval_f1_smallest=round(sub.f1, 3), smallest_length_config=small)
+                score = {"full": full.f1, "smallest": sub.f1, "mean": (full.f1 + sub.f1) / 2}[select]
             self._log(record)
-            if self.best_f1 is None or full.f1 > self.best_f1:
-                self.best_f1, self.best_step = full.f1, self.step
+            if self.best_f1 is None or score > self.best_f1:
+                self.best_f1, self.best_step = score, self.step
                 self._save_model(self.out)
             model.train()
         acc.wait_for_everyone()
+
+    @property
+    def selection(self) -> str:
+        """Which validation F1 picks the saved model (``TrainConfig.select``)."""
+        return self.config.select or ("smallest" if self.config.trainable == "scorer" else "full")
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _save_model(self, directory: Path) -> None:
@@ -760,7 +844,7 @@ class Trainer:
             steps=self.step,
             best_f1=self.best_f1,
             best_step=self.best_step,
-            selected="best full-length validation F1" if self.eval_data is not None else "last step",
+            selected="last step" if self.eval_data is None else f"best validation F1 ({self.selection})",
             machine=machine_info(),
         )
 
@@ -781,6 +865,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
     if config.eval_file:
         eval_data = load_squad(config.eval_file, config.eval_articles).spread(config.max_eval_examples)
     model = LengthAdaptiveQA.from_pretrained(config.model, seed=config.seed)
+    if config.significance and config.significance != model.la_config.significance:
+        model = model.with_significance(config.significance, seed=config.seed)
     tokenizer = load_tokenizer(config.model)
     teacher = None
     if config.kd.teacher:

@@ -1,0 +1,179 @@
+"""Learned token significance: the target, the loss, the model's use of the scorer, saving, and training it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import DEMO_DIR, tiny_config, tiny_hf_qa
+from safetensors.torch import load_file
+from test_model import padded_batch
+
+from quala.config import LengthAdaptiveConfig, from_dict
+from quala.errors import QualaError
+from quala.model import LengthAdaptiveQA, TokenScorer
+from quala.objectives import TokenScorerLoss, answer_relevance
+from quala.train import TrainConfig, build_trainer
+
+
+def test_answer_relevance_by_hand():
+    """One row of 5 tokens: start peaks at 2, end at 3 (logit 0 vs -inf elsewhere means probability 1)."""
+    neg = -1e9
+    start = torch.tensor([[neg, neg, 0.0, neg, neg]])
+    end = torch.tensor([[neg, neg, neg, 0.0, neg]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    plain = answer_relevance(start, end, mask, None, window=1, question_weight=0.0)
+    assert torch.allclose(plain, torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.0]]))
+    # window 3: the max-filter spreads each 0.5 one token left and right -> [0, .5, .5, .5, (.5 padding)] /1.5
+    wide = answer_relevance(start, end, mask, None, window=3, question_weight=0.0)
+    assert torch.allclose(wide, torch.tensor([[0.0, 1 / 3, 1 / 3, 1 / 3, 0.0]]))
+    # question segment = tokens 0..1 (type 0); 0.2 of the mass spread evenly over them
+    types = torch.tensor([[0, 0, 1, 1, 1]])
+    mixed = answer_relevance(start, end, mask, types, window=1, question_weight=0.2)
+    assert torch.allclose(mixed, torch.tensor([[0.1, 0.1, 0.4, 0.4, 0.0]]))
+
+
+def test_scorer_loss_by_hand():
+    """Two layers: soft cross-entropy over alive slots, target renormalised to them, then the mean."""
+    target = torch.tensor([[0.5, 0.25, 0.25]])
+    s1 = torch.tensor([[0.0, 0.0, 0.0]])  # all alive, uniform: -sum t log(1/3) = log 3
+    s2 = torch.tensor([[2.0, 0.0]])  # slots hold positions 2 and 0; only the first is alive -> loss 0
+    pos = (torch.tensor([[0, 1, 2]]), torch.tensor([[2, 0]]))
+    masks = (torch.tensor([[True, True, True]]), torch.tensor([[True, False]]))
+    out = TokenScorerLoss()((s1, s2), pos, masks, target)
+    assert out.per_layer == pytest.approx([math.log(3), 0.0], abs=1e-6)
+    assert out.loss.item() == pytest.approx(math.log(3) / 2, abs=1e-6)
+
+
+def test_learned_significance_keeps_the_tokens_the_scorer_ranks_highest():
+    """A scorer that scores every token by its original position (later = better) must keep the last tokens,
+    whatever attention would have chosen; the attention model on the same weights keeps others."""
+    hf = tiny_hf_qa("bert", layers=2)
+    model = LengthAdaptiveQA(hf, LengthAdaptiveConfig(length_rule="clip", significance="learned")).eval()
+    ids, mask, types = padded_batch(hf.config.vocab_size, [12, 9], 0)
+    model.embeddings.position_embeddings.weight.data.zero_()
+    model.embeddings.token_type_embeddings.weight.data.zero_()
+
+    def by_position(h: torch.Tensor, layer: int) -> torch.Tensor:  # (B, n): the slot's original position
+        return current_positions[0].float()
+
+    current_positions = [None]
+    real_forward = model.scorer.forward
+    with torch.no_grad():
+        # the first layer sees tokens in original order; layer 1 keeps the 5 highest positions of each row
+        current_positions[0] = torch.arange(12).expand(2, 12)
+        model.scorer.forward = by_position
+        out = model(ids, mask, types, length_config=[5, 5], output_hidden_states=True)
+    model.scorer.forward = real_forward
+    kept = out.alive[0]  # (B, L) positions through layer 0's FFN
+    assert kept[0].nonzero().flatten().tolist() == [7, 8, 9, 10, 11]
+    assert kept[1].nonzero().flatten().tolist() == [4, 5, 6, 7, 8]  # row 1 has 9 real tokens: padding never wins
+    attention = LengthAdaptiveQA(hf, LengthAdaptiveConfig(length_rule="clip")).eval()
+    with torch.no_grad():
+        other = attention(ids, mask, types, length_config=[5, 5], output_hidden_states=True)
+    assert not torch.equal(other.alive[0], kept)
+
+
+def test_learned_model_round_trip_and_missing_scorer(tmp_path):
+    hf = tiny_hf_qa("bert", layers=2)
+    model = LengthAdaptiveQA(hf, LengthAdaptiveConfig(significance="learned")).eval()
+    model.save_pretrained(tmp_path / "m")
+    stored = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert stored[TokenScorer.PREFIX + "weight"].shape == (2, hf.config.hidden_size)
+    loaded = LengthAdaptiveQA.from_pretrained(tmp_path / "m").eval()
+    assert loaded.la_config.significance == "learned"
+    assert torch.equal(loaded.scorer.weight, model.scorer.weight)
+    ids, mask, types = padded_batch(hf.config.vocab_size, [30, 21], 0)
+    with torch.no_grad():
+        a = model(ids, mask, types, length_config=[200, 100])
+        b = loaded(ids, mask, types, length_config=[200, 100])
+    assert torch.equal(a.start_logits, b.start_logits)
+    # a config that promises a learned scorer, on weights without one, is refused
+    LengthAdaptiveQA(tiny_hf_qa("bert", layers=2)).save_pretrained(tmp_path / "plain")
+    config_file = tmp_path / "plain" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"attention"', '"learned"'))
+    with pytest.raises(QualaError, match="no quala_scorer weights"):
+        LengthAdaptiveQA.from_pretrained(tmp_path / "plain")
+
+
+def test_output_token_scores_needs_a_learned_model():
+    model = LengthAdaptiveQA(tiny_hf_qa("bert", layers=2)).eval()
+    ids, mask, types = padded_batch(model.config.vocab_size, [8], 0)
+    with pytest.raises(QualaError, match="significance 'learned'"):
+        model(ids, mask, types, output_token_scores=True)
+
+
+def test_training_only_the_scorer_leaves_the_encoder_bit_identical(tmp_path, minilm_path):
+    """trainable 'scorer' on a converted attention model: every encoder and span-head tensor is unchanged,
+    the scorer moved away from its initialisation, and the saved model says 'learned'."""
+    from transformers import AutoTokenizer, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    src = tmp_path / "src"
+    LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=2))).save_pretrained(src)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(src)
+    values = dict(
+        model=str(src),
+        output_dir=str(tmp_path / "out"),
+        train_files=[str(DEMO_DIR / "train.json")],
+        max_train_examples=24,
+        batch_size=4,
+        max_steps=4,
+        lr=1e-2,
+        threads=1,
+        progress=False,
+        significance="learned",
+        trainable="scorer",
+        data={"max_seq_length": 128, "doc_stride": 64, "max_query_length": 32},
+    )
+    trainer = build_trainer(from_dict(TrainConfig, values))
+    initial = trainer.model.scorer.weight.detach().clone()
+    trainer.train()
+    before = load_file(str(src / "model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(after) == set(before) | {TokenScorer.PREFIX + "weight", TokenScorer.PREFIX + "bias"}
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+    assert not torch.equal(after[TokenScorer.PREFIX + "weight"], initial)
+    assert LengthAdaptiveQA.from_pretrained(tmp_path / "out").la_config.significance == "learned"
+
+
+def test_trainable_scorer_needs_learned_significance(tmp_path, tiny_model_dir):
+    values = dict(model=str(tiny_model_dir), output_dir=str(tmp_path / "o"), train_files=[str(DEMO_DIR / "train.json")])
+    with pytest.raises(QualaError, match="needs significance 'learned'"):
+        build_trainer(from_dict(TrainConfig, {**values, "trainable": "scorer"}))
+    with pytest.raises(QualaError, match="trainable must be"):
+        from_dict(TrainConfig, {**values, "trainable": "head"})
+
+
+def test_scorer_has_its_own_learning_rate_and_lengthdrop_trains_it(tmp_path, tiny_model_dir):
+    """scorer.lr puts exactly the scorer's parameters in a group of their own; a LengthDrop step with learned
+    significance moves both the scorer and the encoder."""
+    values = dict(
+        model=str(tiny_model_dir),
+        output_dir=str(tmp_path / "o"),
+        train_files=[str(DEMO_DIR / "train.json")],
+        max_train_examples=16,
+        batch_size=4,
+        max_steps=2,
+        lr=1e-3,
+        threads=1,
+        progress=False,
+        significance="learned",
+        scorer={"lr": 5e-2},
+        length_drop={"enabled": True, "num_sandwich": 1},
+        data={"max_seq_length": 128, "doc_stride": 64, "max_query_length": 32},
+    )
+    trainer = build_trainer(from_dict(TrainConfig, values))
+    model = trainer.model
+    scorer_group = [g for g in trainer.optimizer.param_groups if any(p is model.scorer.weight for p in g["params"])]
+    assert len(scorer_group) == 1 and len(scorer_group[0]["params"]) == 2
+    assert scorer_group[0]["initial_lr"] == pytest.approx(5e-2)
+    others = [g for g in trainer.optimizer.param_groups if g is not scorer_group[0]]
+    assert all(g["initial_lr"] == pytest.approx(1e-3) for g in others)
+    scorer0 = model.scorer.weight.detach().clone()
+    ffn0 = model.layers[0].intermediate.dense.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(model.scorer.weight, scorer0)
+    assert not torch.equal(model.layers[0].intermediate.dense.weight, ffn0)
