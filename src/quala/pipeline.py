@@ -264,7 +264,7 @@ class Pipeline:
         )
 
     def _lengthdrop(self, progress: bool) -> dict:
-        start = self.dir("finetune") if "finetune" in self.config.stages else Path(resolve_path(self.config.model))
+        start = self.dir("finetune") if self.has("finetune") else Path(resolve_path(self.config.model))
         return self._train(self.config.lengthdrop, str(start), self.dir("lengthdrop"), progress, length_drop=True)
 
     def _search(self, progress: bool) -> dict:
