@@ -273,3 +273,24 @@ def test_rerun_redoes_the_stage_and_every_later_one(tmp_path, monkeypatch):
         progress=False, rerun=("benchmark",)
     )
     assert calls == ["benchmark", "report"]
+
+
+def test_lengthdrop_alone_starts_from_the_finetune_stage_of_an_earlier_run(tmp_path, monkeypatch):
+    """`--stages lengthdrop,...` after a run that completed finetune must train on the fine-tuned model, not on
+    the base model named in the config (it did, and started LengthDrop from an untrained span head)."""
+    from quala.pipeline import Pipeline, load_pipeline_config
+
+    started_from: list[str] = []
+    monkeypatch.setattr(
+        Pipeline, "_train", lambda self, section, model, out, progress, length_drop: started_from.append(model) or {}
+    )
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "pipeline.json").write_text(json.dumps({"completed": {"finetune": {"seconds": 1}}}))
+    settings = load_pipeline_config(None, "demo", {"output_dir": str(root), "stages": ["lengthdrop"]})
+    Pipeline(settings).run(progress=False)
+    assert started_from == [str(root / "finetune")]
+    # without a completed fine-tuning stage, LengthDrop starts from the configured model
+    other = load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "fresh"), "stages": ["lengthdrop"]})
+    Pipeline(other).run(progress=False)
+    assert started_from[1] != str(tmp_path / "fresh" / "finetune")
