@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -162,6 +163,9 @@ def test_save_and_load_round_trip(tmp_path):
     model = LengthAdaptiveQA(hf, LengthAdaptiveConfig(reference_length=256, length_rule="clip"))
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # Hugging Face writes 0600
     assert not list(tmp_path.glob("*.bin"))
     loaded = LengthAdaptiveQA.from_pretrained(tmp_path)
     assert loaded.la_config == LengthAdaptiveConfig(reference_length=256, length_rule="clip")

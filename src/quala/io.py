@@ -31,13 +31,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp creates the file 0600; an artifact gets the mode a plain open() would give it (0666 & ~umask)
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        set_umask_mode(tmp_path)
         _fsync(tmp_path)
         os.replace(tmp_path, path)
         _fsync(path.parent)  # the rename itself survives a power cut only once the directory is synced
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def set_umask_mode(path: str | os.PathLike) -> None:
+    """Give a file the mode a plain ``open()`` would (0666 & ~umask): writers that go through a private temporary
+    file (mkstemp, and Hugging Face's safetensors writer) leave it 0600."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -201,8 +201,12 @@ class LengthAdaptiveQA(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Save as a plain HF QA checkpoint (safetensors) with the length-adaptive settings in config.json."""
+        from quala.io import set_umask_mode
+
         setattr(self.hf.config, CONFIG_KEY, dataclasses.asdict(self.la_config))
         self.hf.save_pretrained(directory, safe_serialization=True)
+        for weights in Path(directory).glob("*.safetensors"):
+            set_umask_mode(weights)
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(
