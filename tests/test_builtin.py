@@ -198,7 +198,7 @@ def test_package_writes_the_model_directory(packaged):
     } <= names
     assert not any(n.endswith((".bin", ".pt", ".onnx")) for n in names)
     config = json.loads((packaged / "config.json").read_text())
-    assert config["quala"] == {"reference_length": 384, "length_rule": "ratio"}
+    assert config["quala"] == {"reference_length": 384, "length_rule": "ratio", "significance": "attention"}
     assert json.loads((packaged / "search.json").read_text())["front"][0]["length_config"] == FAST
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in packaged.iterdir())  # installable, not 0600 temp files
     assert not list(packaged.parent.glob(".*"))  # no temporary directory left behind
@@ -337,6 +337,8 @@ def test_card_training_sections(packaged):
     assert "12 steps of 8 features" in card
     assert "(the whole pipeline: 1.0 hours) on 273 training questions" in card
     assert "its license: CC0 1.0." in card
+    assert "kept tokens chosen by the attention they receive" in card  # the packaged model's significance
+    assert "learned token scorer" not in card
     assert "(2 cores, 2 threads) on 20 validation questions" in card
     for section in (
         "## Model details",

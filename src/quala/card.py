@@ -306,7 +306,13 @@ def render_card(results: dict[str, Any]) -> str:
     out += [
         f"- **Length-adaptive settings** (LAT, arXiv 2010.07003): Drop-and-Restore with per-layer token counts "
         f"written for a reference length of {la.get('reference_length', 384)} tokens, length rule "
-        f"`{la.get('length_rule', 'ratio')}`; the search front ({len(search['front'])} configurations) ships "
+        f"`{la.get('length_rule', 'ratio')}`, "
+        + (
+            "kept tokens chosen by a learned per-layer token scorer (`significance: learned`, docs/training.md)"
+            if la.get("significance") == "learned"
+            else "kept tokens chosen by the attention they receive (LAT §3.2)"
+        )
+        + f"; the search front ({len(search['front'])} configurations) ships "
         "as `search.json`, and the budget presets resolve on it:",
         "",
         *presets_table(results),
@@ -335,7 +341,14 @@ def render_card(results: dict[str, Any]) -> str:
         f"2. LengthDrop (LAT §3): {_steps(stages.get('lengthdrop'))} steps of {ld.get('batch_size')} features, "
         f"learning rate {ld.get('lr')}, sandwich rule with {ldd.get('num_sandwich')} random sub-models per batch, "
         f"length-drop bound {ldd.get('bound')}, LayerDrop {ldd.get('layer_drop_prob')}, in-place distillation "
-        f"{'on' if ldd.get('inplace_distillation', True) else 'off'}; kept: {t.get('selected') or '?'}.",
+        f"{'on' if ldd.get('inplace_distillation', True) else 'off'}"
+        + (
+            f", learned token scorer trained beside it (scorer loss weight {ld.get('scorer', {}).get('weight', 1.0)}, "
+            f"its own learning rate {ld.get('scorer', {}).get('lr')})"
+            if ld.get("significance") == "learned"
+            else ""
+        )
+        + f"; kept: {t.get('selected') or '?'}.",
         f"3. Search (LAT §4): {s.get('strategy')} over per-layer token counts"
         + (f", guided by a {s.get('predictor')} F1 predictor" if s.get("predictor") not in (None, "none") else "")
         + f", {search['summary'].get('num_evaluations', '?')} candidates each scored on "
