@@ -19,8 +19,8 @@ from quala.data import load_squad
 from quala.engine import load_predictor
 from quala.evaluate import evaluate
 from quala.io import machine_info, write_json_atomic
+from quala.lengths import parse_length_config
 from quala.macs import count_macs
-from quala.model import parse_length_config
 
 
 def main() -> None:

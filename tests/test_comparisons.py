@@ -14,8 +14,9 @@ from quala.benchmark import PAPER_CONFIG, verdict
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
 from quala.io import cpu_isa_flags
+from quala.lengths import depth_config, parse_length_config
 from quala.macs import count_macs
-from quala.model import LengthAdaptiveQA, depth_config, parse_length_config
+from quala.model import LengthAdaptiveQA
 
 
 def padded_batch(real_lengths: list[int], length: int = 384, seed: int = 0) -> dict[str, torch.Tensor]:

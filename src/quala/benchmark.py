@@ -17,7 +17,7 @@ Two protocols:
 Baselines (``baselines="all"``), int8 ONNX Runtime without token dropping: shorter windows (256/128 and
 192/64: more, shorter features per question, answers merged across windows as usual; serving protocol only,
 since a per-feature latency would hide their extra features), and the first ``k`` layers only (a depth
-configuration, :func:`quala.model.depth_config`, on the fused graph cut to ``k`` layers).
+configuration, :func:`quala.lengths.depth_config`, on the fused graph cut to ``k`` layers).
 
 Latency covers the model call only (feature tensors in, span logits out); tokenisation and answer extraction
 are the same for every engine. F1/EM come from each row's own logits on the same questions; rows with random
@@ -441,7 +441,7 @@ def build_engines(
 def baseline_specs(num_layers: int, reference_length: int) -> list[tuple[str, DataConfig, list[int] | None]]:
     """(name, feature windows, length config) of each baseline: the shorter windows at full length, then the
     depth configurations that keep fewer layers than the model has."""
-    from quala.model import depth_config
+    from quala.lengths import depth_config
 
     specs = [(f"windows {m}/{s}", DataConfig(max_seq_length=m, doc_stride=s), None) for m, s in WINDOWS]
     specs += [
@@ -630,7 +630,8 @@ def benchmark(
     from quala.data import load_squad
     from quala.export import export_model
     from quala.io import machine_info, read_manifest, write_json_atomic, write_text_atomic
-    from quala.model import PACKAGED_MINILM, parse_length_config, resolve_model_path
+    from quala.lengths import parse_length_config
+    from quala.model import PACKAGED_MINILM, resolve_model_path
     from quala.quantize import quantize_model, reference_length
 
     if any(b < 1 for b in batch_sizes):

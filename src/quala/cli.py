@@ -78,7 +78,7 @@ def evaluate(
     from quala.evaluate import evaluate as run_eval
     from quala.evaluate import write_outputs
     from quala.io import check_output_file
-    from quala.model import parse_length_config
+    from quala.lengths import parse_length_config
 
     if batch_size < 1:
         raise QualaError(f"--batch-size must be >= 1, got {batch_size}")
@@ -136,8 +136,9 @@ def macs(
     """Analytic multiply-accumulate count of one sequence (the papers' 'FLOPs')."""
     from transformers import AutoConfig
 
+    from quala.lengths import parse_length_config
     from quala.macs import count_macs
-    from quala.model import parse_length_config, resolve_model_path
+    from quala.model import resolve_model_path
 
     if seq_length < 1:
         raise QualaError(f"--seq-length must be >= 1, got {seq_length}")

@@ -22,14 +22,9 @@ from quala.builtin import BUILTIN_MODEL
 from quala.config import DataConfig, LengthAdaptiveConfig
 from quala.data import Example, Prediction, collate, length_grouped_batches, postprocess, prepare_features
 from quala.errors import QualaError
+from quala.lengths import parse_length_config, validate_length_config
 from quala.macs import count_macs
-from quala.model import (
-    LengthAdaptiveQA,
-    load_tokenizer,
-    parse_length_config,
-    torch_threads,
-    validate_length_config,
-)
+from quala.model import LengthAdaptiveQA, load_tokenizer, torch_threads
 
 
 @dataclass

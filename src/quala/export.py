@@ -175,7 +175,7 @@ def fuse_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, 
 
 def truncate_graph(path: str | Path, depth: int, num_layers: int) -> bytes:
     """The fused full-length graph cut to its first ``depth`` layers (a depth configuration, see
-    :func:`quala.model.depth_config`), serialized for an ONNX Runtime session.
+    :func:`quala.lengths.depth_config`), serialized for an ONNX Runtime session.
 
     A fused BERT layer ends in two ``SkipLayerNormalization`` nodes (after attention, after the FFN): the span head
     is rewired from the last layer's output to layer ``depth``'s, and nodes no graph output needs are removed, so

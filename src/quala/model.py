@@ -26,6 +26,7 @@ from torch import nn
 from quala.builtin import BUILTIN_MODEL
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
+from quala.lengths import validate_length_config
 
 PACKAGED_MINILM = "packaged:minilm"
 CONFIG_KEY = "quala"  # key of the length-adaptive settings inside config.json
@@ -45,46 +46,6 @@ class LengthAdaptiveQAOutput:
 
 
 # -------------------------------------------------------------------------------------- length configs
-def parse_length_config(
-    text: str | Sequence[int] | None, num_layers: int, reference_length: int | None = None
-) -> list[int] | None:
-    """Parse ``"full"`` / ``None`` (no dropping) or ``"N1,N2,..."`` and validate it for ``num_layers`` layers."""
-    if text is None:
-        return None
-    if isinstance(text, str):
-        text = text.strip()
-        if text.lower() in ("", "full", "none"):
-            return None
-        try:
-            values = [int(v) for v in text.replace(" ", "").strip("()[]").split(",")]
-        except ValueError:
-            raise QualaError(
-                f"length config must be 'full' or comma-separated integers like 315,251,242,159,142,33; got {text!r}"
-            ) from None
-    else:
-        values = [int(v) for v in text]
-    validate_length_config(values, num_layers, reference_length)
-    return values
-
-
-def validate_length_config(values: Sequence[int], num_layers: int, reference_length: int | None = None) -> None:
-    """One entry per layer, each >= 1, non-increasing, and at most the reference length when given."""
-    from quala.macs import validate_length_config as check
-
-    try:
-        check(values, num_layers, reference_length if reference_length is not None else max(values, default=1))
-    except ValueError as exc:
-        raise QualaError(f"invalid length config {list(values)}: {exc}") from None
-
-
-def depth_config(depth: int, num_layers: int, reference_length: int) -> list[int]:
-    """The first ``depth`` layers at full length and the rest skipped (0 tokens): the model cut to ``depth`` layers,
-    as LayerDrop-trained models tolerate (Fan et al. 2020, §4), served like any length configuration."""
-    if not 1 <= depth <= num_layers:
-        raise QualaError(f"depth must be between 1 and the model's {num_layers} layers, got {depth}")
-    return [reference_length] * depth + [0] * (num_layers - depth)
-
-
 def keep_counts(n_i: int | torch.Tensor, real: torch.Tensor, alive: torch.Tensor, rule: str, ref: int) -> torch.Tensor:
     """Tokens each row keeps at a layer configured for ``n_i`` (see :class:`LengthAdaptiveConfig`)."""
     if rule == "ratio":

@@ -31,9 +31,9 @@ from quala.config import EvalConfig
 from quala.errors import QualaError
 from quala.io import read_json, write_json_atomic
 from quala.latency import LatencyConfig
+from quala.lengths import Gene, constant_ratio_gene, full_config, smallest_config
 from quala.macs import count_macs
 
-Gene = tuple[int, ...]
 SEARCH_FILE = "search.json"
 STATE_FILE = "search_state.json"
 PLOT_FILE = "pareto.png"
@@ -169,15 +169,6 @@ class SearchResult:
 
 
 # ----------------------------------------------------------------------------------------------- genes
-def constant_ratio_gene(num_layers: int, length: int, ratio: float, min_length: int = 2) -> Gene:
-    """Each layer keeps ``ceil((1 - ratio) * previous)`` tokens, from ``length`` on (LengthDrop, LAT §4.1)."""
-    gene, n = [], length
-    for _ in range(num_layers):
-        n = max(min_length, min(n, math.ceil(n * (1.0 - ratio) - 1e-9)))
-        gene.append(n)
-    return tuple(gene)
-
-
 def mutate(gene: Gene, rng: random.Random, prob: float, length: int, min_length: int = 2) -> Gene:
     """Change each layer with probability ``prob`` to a length between the next layer's and the new previous.
 
@@ -372,7 +363,7 @@ class _Run:
             disable=not progress,
             dynamic_ncols=True,
         )
-        self.full_gene: Gene = (length,) * int(model_config.num_hidden_layers)
+        self.full_gene: Gene = full_config(int(model_config.num_hidden_layers), length)
         self.phase = ""
 
     def wall(self) -> float:
@@ -429,7 +420,7 @@ def run_search(
     state = SearchState(Path(state_path) if state_path is not None else None, fingerprint or {})
     run = _Run(evaluate_fn, model_config, length, config, state, on_evaluate, progress)
     rng = random.Random(config.seed)
-    smallest_gene = constant_ratio_gene(num_layers, length, config.ratio_bound, config.min_length)
+    smallest_gene = smallest_config(num_layers, length, config.ratio_bound, config.min_length)
     completed = True
     try:
         smallest = run.evaluate(smallest_gene)
