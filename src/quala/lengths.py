@@ -40,16 +40,22 @@ def validate_length_config(values: Sequence[int], num_layers: int, reference_len
     """Check a configuration and return it as a tuple: one integer per layer, the first in
     ``[1, reference_length]`` (any positive number when no reference length is given), the others ``>= 0``,
     non-increasing."""
+    try:
+        return _checked(values, num_layers, reference_length)
+    except QualaError as exc:
+        shown = list(values) if isinstance(values, Sequence) and not isinstance(values, str | bytes) else values
+        raise QualaError(f"invalid length config {shown!r}: {exc}") from None
+
+
+def _checked(values: Sequence[int], num_layers: int, reference_length: int | None) -> Gene:
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         try:
             values = list(values)  # type: ignore[arg-type]
         except TypeError:
-            raise QualaError(
-                f"a length config must be a sequence of {num_layers} integers or None, got {values!r}"
-            ) from None
+            raise QualaError(f"give a sequence of {num_layers} integers or None, got {values!r}") from None
     if len(values) != num_layers:
         raise QualaError(
-            f"length config {list(values)} has {len(values)} entries but the model has {num_layers} layers; "
+            f"it has {len(values)} entries but the model has {num_layers} layers; "
             "give exactly one token count per layer"
         )
     lengths = tuple(integer(n, f"length_config[{i}]", int(i == 0)) for i, n in enumerate(values))
@@ -61,31 +67,33 @@ def validate_length_config(values: Sequence[int], num_layers: int, reference_len
     for i in range(1, num_layers):
         if lengths[i] > lengths[i - 1]:
             raise QualaError(
-                f"a length config must be non-increasing (dropped tokens cannot come back), but "
+                f"it must be non-increasing (dropped tokens cannot come back), but "
                 f"length_config[{i}]={lengths[i]} > length_config[{i - 1}]={lengths[i - 1]}"
             )
     return lengths
+
+
+def parse_counts(text: str) -> list[int] | None:
+    """The token counts written in ``text`` (``"N1,N2,..."``, brackets allowed); None for ``"full"``."""
+    text = text.strip()
+    if text.lower() in ("", "full", "none"):
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").strip("()[]").split(",")]
+    except ValueError:
+        raise QualaError(
+            f"length config must be 'full' or comma-separated integers like {EXAMPLE}; got {text!r}"
+        ) from None
 
 
 def parse_length_config(
     text: str | Sequence[int] | None, num_layers: int, reference_length: int | None = None
 ) -> list[int] | None:
     """Parse ``"full"`` / ``None`` (no dropping) or ``"N1,N2,..."`` and validate it for ``num_layers`` layers."""
-    if text is None:
+    values = parse_counts(text) if isinstance(text, str) else text
+    if values is None:
         return None
-    if isinstance(text, str):
-        text = text.strip()
-        if text.lower() in ("", "full", "none"):
-            return None
-        try:
-            values = [int(v) for v in text.replace(" ", "").strip("()[]").split(",")]
-        except ValueError:
-            raise QualaError(
-                f"length config must be 'full' or comma-separated integers like {EXAMPLE}; got {text!r}"
-            ) from None
-    else:
-        values = list(text)
-    return list(validate_length_config(values, num_layers, reference_length))
+    return list(validate_length_config(list(values), num_layers, reference_length))
 
 
 def full_config(num_layers: int, reference_length: int) -> Gene:
