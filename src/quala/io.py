@@ -1,8 +1,7 @@
-"""Atomic file output and stage manifests.
+"""Atomic file output, JSON reading and the machine description every result records.
 
-Every stage writes a directory (``save_pretrained`` style) plus a small ``manifest.json`` that says which stage
-wrote it, from what, and when. Files are written to a temporary name in the same directory and renamed into
-place, so an interrupted run never leaves a half-written artifact behind.
+Files are written to a temporary name in the same directory and renamed into place, so an interrupted run never
+leaves a half-written artifact behind. The ``manifest.json`` each stage writes is :mod:`quala.model_dir`'s.
 """
 
 from __future__ import annotations
