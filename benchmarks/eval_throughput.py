@@ -18,7 +18,7 @@ from quala.data import load_squad
 from quala.engine import load_predictor
 from quala.evaluate import evaluate
 from quala.io import machine_info, write_json_atomic
-from quala.model import parse_length_config
+from quala.lengths import parse_length_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ import numpy as np
 from quala.data import collate, load_squad, prepare_features
 from quala.engine import OnnxPredictor
 from quala.io import machine_info, write_json_atomic
-from quala.model import parse_length_config
+from quala.lengths import parse_length_config
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quala.budget import load_front
 from quala.config import EvalConfig
 from quala.data import load_squad
 from quala.engine import load_predictor
 from quala.evaluate import evaluate
+from quala.front import read_front
 from quala.io import machine_info, write_json_atomic
+from quala.lengths import parse_length_config
 from quala.macs import count_macs
-from quala.model import parse_length_config
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         configs = [parse_length_config(c, layers, ref) for c in args.length_configs.split(";")]
     else:
         full = count_macs(fp32.model_config, ref).total
-        configs = [p.length_config for p in load_front(args.model, full)]
+        configs = [p.length_config for p in read_front(args.model, full)]
     if None not in configs:
         configs.insert(0, None)
     rows = []

@@ -5,7 +5,7 @@ fits a surrogate ``F1(length config)`` to configurations a model was really scor
 ``search.json`` files, same question count): ``linear`` (least squares on per-layer kept fractions, the family
 the ``linear`` search predictor also uses) or ``knn`` (inverse-distance mean of the 8 nearest scored
 configurations: bumpy, and outside the predictor's family, so it does not flatter predictor-guided search).
-It then runs both strategies of :func:`quala.search.run_search` many
+It then runs both strategies of :func:`quala.evolution.run_search` many
 times on it, with Gaussian noise standing for question sampling, and scores each front by its *true* (noise-
 free) surrogate F1 (the analogue of held-out re-scoring). It prints and writes, per setting, the mean ratio of
 the two areas and how often evolution wins. It guides which settings to spend real compute on; it is not a
@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 from transformers import BertConfig
 
+from quala.evolution import Measurement, run_search
+from quala.front import front_area
 from quala.io import machine_info, write_json_atomic
-from quala.search import Measurement, SearchConfig, front_area, run_search
+from quala.search import SearchConfig
 
 SETTINGS = {
     "pipeline (8 + 6 x (6+6), LAT init)": dict(population=8, iterations=6, mutations=6, crossovers=6),

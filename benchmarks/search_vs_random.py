@@ -4,7 +4,7 @@ Runs ``quala search`` (LAT evolution) and then a random search over the same spa
 cheaper than the smallest LengthDrop sub-model) that evaluates exactly as many candidates, on the same model,
 split and settings. Both are resumable: run the same command again after an interruption. The JSON written to
 ``--output/comparison.json`` holds both fronts, the normalised area under each front (mean best F1 over MACs
-budgets between the smallest sub-model and the full model; see ``quala.search.front_area``), evaluation counts,
+budgets between the smallest sub-model and the full model; see ``quala.front.front_area``), evaluation counts,
 wall times and the machine; ``comparison.png`` overlays the two fronts.
 
 F1 on the search split is biased upwards for whichever search evaluates more lucky configurations (the front
@@ -27,8 +27,11 @@ import time
 from pathlib import Path
 
 from quala.config import resolve
+from quala.data import load_squad
+from quala.evolution import SearchResult
+from quala.front import cost_fractions, front_area
 from quala.io import machine_info, write_json_atomic
-from quala.search import SearchConfig, SearchResult, cost_fractions, front_area, search
+from quala.search import SearchConfig, search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +42,7 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from quala.search import pareto_front
+    from quala.front import pareto_front
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for (name, result), color in zip(results.items(), ("tab:red", "tab:gray"), strict=True):
@@ -97,7 +100,7 @@ def holdout_areas(
     seen = {ex.id for ex in split.spread(config.max_examples).examples}
     unseen = dataclasses.replace(split, examples=[ex for ex in split.examples if ex.id not in seen])
     held = unseen.spread(n)
-    predictor = load_predictor(model, backend="torch", threads=config.evaluation.threads)
+    predictor = load_predictor(model, backend="torch", threads=config.threads)
     features = prepare_features(held.examples, predictor.tokenizer, config.evaluation.data)
     cache_key = f"{model}|{articles}|{config.max_examples}|{n}"
     stored = json.loads(cache_file.read_text()) if cache_file is not None and cache_file.is_file() else {}
@@ -162,11 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     config = resolve(SearchConfig, args.config, overrides)
     config.strategy = "evolution"
     t0 = time.perf_counter()
-    evo, _ = search(args.model, args.data, args.articles, out / "evolution", config)
+    data = load_squad(args.data, args.articles)
+    evo, _ = search(args.model, data, out / "evolution", config)
     print(f"evolution: {evo.num_evaluations} evaluations, area {evo.area_macs}, {evo.wall_seconds} s", file=sys.stderr)
     config.strategy = "random"
     config.evaluations = evo.num_evaluations
-    rnd, document = search(args.model, args.data, args.articles, out / "random", config)
+    rnd, document = search(args.model, data, out / "random", config)
     print(f"random: {rnd.num_evaluations} evaluations, area {rnd.area_macs}, {rnd.wall_seconds} s", file=sys.stderr)
     results = {"evolution": evo, "random": rnd}
     report = {

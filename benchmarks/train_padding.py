@@ -17,7 +17,8 @@ from pathlib import Path
 
 from quala.config import from_dict
 from quala.io import machine_info, write_json_atomic
-from quala.train import TrainConfig, build_trainer
+from quala.train import build_trainer
+from quala.train_config import TrainConfig
 
 
 def main() -> None:

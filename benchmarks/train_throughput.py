@@ -25,7 +25,8 @@ from typing import Any
 
 from quala.config import from_dict, merge
 from quala.io import machine_info, write_json_atomic
-from quala.train import TrainConfig, build_trainer
+from quala.train import build_trainer
+from quala.train_config import TrainConfig
 
 LENGTH_DROP = {"enabled": True, "bound": 0.2, "num_sandwich": 2, "layer_drop_prob": 0.2}
 

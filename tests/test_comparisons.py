@@ -10,12 +10,14 @@ import pytest
 import torch
 from conftest import tiny_hf_qa
 
-from quala.benchmark import PAPER_CONFIG, verdict
+from quala.benchmark import PAPER_CONFIG
+from quala.benchmark_report import verdict
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
 from quala.io import cpu_isa_flags
+from quala.lengths import depth_config, parse_length_config
 from quala.macs import count_macs
-from quala.model import LengthAdaptiveQA, depth_config, parse_length_config
+from quala.model import LengthAdaptiveQA
 
 
 def padded_batch(real_lengths: list[int], length: int = 384, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -119,7 +121,7 @@ def test_clip_rule_export_computes_clip_counts(tmp_path):
 
     from quala.engine import OnnxPredictor
     from quala.export import export_model
-    from quala.model import PACKAGED_MINILM, resolve_model_path
+    from quala.model_dir import PACKAGED_MINILM, resolve_model_path
 
     model = LengthAdaptiveQA(tiny_hf_qa("bert", layers=6, seed=1))
     model.save_pretrained(tmp_path / "m")

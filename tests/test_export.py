@@ -126,7 +126,7 @@ def test_full_graph_is_fused_and_matches(tmp_path):
 
 
 def test_export_model_directory(tiny_model_dir, tmp_path):
-    from quala.io import read_manifest
+    from quala.model_dir import read_manifest
 
     out = tmp_path / "onnx"
     result = export_model(tiny_model_dir, out)

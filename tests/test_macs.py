@@ -13,7 +13,9 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from quala.macs import MacsBreakdown, count_macs, macs_fraction, validate_length_config
+from quala.errors import QualaError
+from quala.lengths import validate_length_config
+from quala.macs import MacsBreakdown, count_macs, macs_fraction
 
 
 def _bert_config(layers: int, hidden: int, intermediate: int, **kwargs) -> transformers.BertConfig:
@@ -87,27 +89,27 @@ def test_none_equals_full_length_and_fraction():
         (384, [300, 200, 250, 100, 50, 10], "non-increasing"),
         (384, [0, 0, 0, 0, 0, 0], r"length_config\[0\] must be >= 1"),
         (384, [300, 200, 100, 50, 10, -1], r"length_config\[5\] must be >= 0"),
-        (384, [385, 300, 200, 100, 50, 10], "exceeds seq_length=384"),
+        (384, [385, 300, 200, 100, 50, 10], "exceeds the reference length 384"),
         (384, [300.0, 200, 100, 50, 10, 5], "must be an integer"),
         (384, [True, 1, 1, 1, 1, 1], "must be an integer"),
         (0, None, "seq_length must be >= 1"),
     ],
 )
 def test_validation_errors(seq_length, length_config, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(QualaError, match=message):  # user input: one line, exit 2 in the CLI
         count_macs(MINILM_L6_H384, seq_length, length_config)
 
 
 def test_validate_length_config_returns_tuple():
     assert validate_length_config([3, 2, 2], 3, 5) == (3, 2, 2)
-    assert validate_length_config(None, 2, 5) == (5, 5)
+    assert validate_length_config((3, 0, 0), 3) == (3, 0, 0)  # a depth configuration
 
 
 def test_missing_config_attribute():
     class NotAConfig:
         hidden_size = 64
 
-    with pytest.raises(ValueError, match="intermediate_size"):
+    with pytest.raises(QualaError, match="intermediate_size"):
         count_macs(NotAConfig())
 
 

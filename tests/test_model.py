@@ -11,7 +11,8 @@ from conftest import tiny_hf_qa
 
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
-from quala.model import LengthAdaptiveQA, keep_counts, parse_length_config
+from quala.lengths import parse_length_config
+from quala.model import LengthAdaptiveQA, keep_counts
 
 
 def padded_batch(vocab: int, lengths: list[int], pad_id: int, seed: int = 0):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import tiny_hf_qa
 
 from quala.errors import QualaError
-from quala.model import LengthAdaptiveQA, validate_length_config
+from quala.lengths import validate_length_config
+from quala.model import LengthAdaptiveQA
 from quala.objectives import (
     IntermediateKD,
     LengthDropSampler,

@@ -177,7 +177,7 @@ def test_spread_configs_keeps_ends_and_spreads_over_macs():
     "prefix, module, cls",
     [
         ("pipeline-", "quala.pipeline", "PipelineConfig"),
-        ("train-", "quala.train", "TrainConfig"),
+        ("train-", "quala.train_config", "TrainConfig"),
         ("search-", "quala.search", "SearchConfig"),
     ],
 )

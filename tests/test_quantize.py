@@ -11,10 +11,11 @@ from conftest import DEMO_DIR
 from typer.testing import CliRunner
 
 from quala.cli import app
+from quala.data import load_squad
 from quala.engine import OnnxPredictor, QAEngine, load_predictor
 from quala.errors import QualaError
-from quala.io import read_manifest
-from quala.quantize import ffn_output_nodes, quantize_model
+from quala.model_dir import read_manifest
+from quala.quantize import QuantizeConfig, ffn_output_nodes, quantize
 
 QUESTION = "Who wrote the letter?"
 CONTEXT = "The letter was written by Ada Lovelace in 1843, and it was sent to London the next week."
@@ -23,7 +24,7 @@ CONTEXT = "The letter was written by Ada Lovelace in 1843, and it was sent to Lo
 @pytest.fixture(scope="module")
 def int8_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "model"
-    quantize_model(tiny_model_dir, out)
+    quantize(tiny_model_dir, None, out)
     return out
 
 
@@ -109,7 +110,7 @@ def test_search_front_travels_with_the_model(tiny_model_dir, tmp_path):
         point["macs"] = count_macs(config, 384, point["length_config"]).total
     (src / "search.json").write_text(json.dumps({"front": front}))
     out = tmp_path / "int8"
-    quantize_model(src, out)
+    quantize(src, None, out)
     engine = QAEngine.from_pretrained(out, threads=1)
     assert engine.resolve("balanced") == [200, 150, 100, 50]
     assert engine.resolve("accurate") is None
@@ -125,21 +126,16 @@ def test_static_mode_and_fp32_ffn_output(tiny_model_dir, tmp_path):
 
     data = SQUAD_DEV if SQUAD_DEV.is_file() else DEMO_DIR / "dev.json"
     out = tmp_path / "static"
-    result = quantize_model(
-        tiny_model_dir,
-        out,
-        mode="static",
-        calibration_file=str(data),
-        calibration_articles="0:1",
-        keep_fp32="ffn-output",
-        num_calibration_features=4,
-    )
+    settings = QuantizeConfig(mode="static", keep_fp32="ffn-output", calibration_features=4)
+    result = quantize(tiny_model_dir, load_squad(data, "0:1"), out, settings)
     assert result.excluded_nodes == 4  # one FFN output projection per layer
     import onnx
 
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    assert read_manifest(out)["mode"] == "static"
+    manifest = read_manifest(out)
+    assert manifest["mode"] == "static"
+    assert manifest["calibration"] == {"file": str(data), "articles": "0:1", "features": 4}
     answer = QAEngine.from_pretrained(out, threads=1).answer(QUESTION, CONTEXT, length_config="300,250,120,40")
     assert answer.answer == CONTEXT[answer.start : answer.end]
 
@@ -153,24 +149,25 @@ def test_ffn_output_nodes_found_in_both_graphs(int8_dir, tiny_model_dir, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, calibration, message",
     [
-        ({"mode": "fp16"}, "unknown quantization mode"),
-        ({"mode": "static"}, "needs --calibration-file"),
-        ({"calibration_file": "x.json"}, "only applies to --mode static"),
-        ({"keep_fp32": "all"}, "--keep-fp32"),
-        ({"mode": "static", "calibration_file": "/nonexistent.json"}, "not found"),
+        ({"mode": "fp16"}, False, "unknown quantization mode"),
+        ({"keep_fp32": "all"}, False, "--keep-fp32"),
+        ({"calibration_features": 0}, False, "calibration features must be >= 1"),
+        ({"mode": "static"}, False, "needs --calibration-file"),
+        ({}, True, "only applies to --mode static"),
     ],
 )
-def test_bad_arguments(tiny_model_dir, tmp_path, kwargs, message):
+def test_bad_arguments(tiny_model_dir, tmp_path, kwargs, calibration, message):
     with pytest.raises(QualaError, match=message):
-        quantize_model(tiny_model_dir, tmp_path / "out", **kwargs)
+        data = load_squad(DEMO_DIR / "dev.json", "0:1") if calibration else None
+        quantize(tiny_model_dir, data, tmp_path / "out", QuantizeConfig(**kwargs))
     assert not (tmp_path / "out").exists()
 
 
 def test_requantizing_an_int8_model_is_refused(int8_dir, tmp_path):
     with pytest.raises(QualaError, match="already quantized"):
-        quantize_model(int8_dir, tmp_path / "again")
+        quantize(int8_dir, None, tmp_path / "again")
 
 
 def test_cli_quantize_bad_input_exits_2(tiny_model_dir, tmp_path):
@@ -198,15 +195,14 @@ def test_cli_quantize_bad_input_exits_2(tiny_model_dir, tmp_path):
 
 
 def test_quantize_defaults_agree_across_cli_pipeline_and_api():
-    """quantize_model's defaults are the ones `quala quantize` and the pipeline's quantize stage use."""
+    """QuantizeConfig's defaults are the ones `quala quantize` and the pipeline's quantize stage use."""
     import dataclasses
     import inspect
 
     from quala import cli
-    from quala.pipeline import QuantizeStage
+    from quala.pipeline import PipelineConfig
 
-    api = inspect.signature(quantize_model).parameters
     options = inspect.signature(cli.quantize).parameters
-    for f in dataclasses.fields(QuantizeStage):
-        name = "num_calibration_features" if f.name == "calibration_features" else f.name
-        assert f.default == api[name].default == options[f.name].default, f.name
+    assert PipelineConfig().quantize == QuantizeConfig()
+    for f in dataclasses.fields(QuantizeConfig):
+        assert f.default == options[f.name].default, f.name

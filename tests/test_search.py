@@ -18,24 +18,22 @@ from types import SimpleNamespace
 import pytest
 from conftest import DEMO_DIR, ROOT
 
+from quala.data import load_squad
 from quala.errors import QualaError
-from quala.macs import count_macs
-from quala.search import (
-    Candidate,
+from quala.evolution import (
     F1Predictor,
     Measurement,
-    SearchConfig,
-    constant_ratio_gene,
     crossover,
-    dominates,
-    front_area,
     initial_genes,
     is_valid_gene,
     mutate,
-    pareto_front,
     random_gene,
     run_search,
 )
+from quala.front import FrontPoint, dominates, front_area, pareto_front
+from quala.lengths import constant_ratio_gene
+from quala.macs import count_macs
+from quala.search import SearchConfig
 
 DEMO_DEV = DEMO_DIR / "dev.json"
 CANDIDATE_KEYS = {"length_config", "f1", "exact_match", "macs", "latency_ms"}
@@ -120,8 +118,8 @@ def test_initial_genes_spread_between_smallest_and_full(layers, length):
 
 
 # ------------------------------------------------------------------------------------------ fronts and area
-def cand(gene, f1, macs, latency=None) -> Candidate:
-    return Candidate(list(gene), f1, f1, macs, latency)
+def cand(gene, f1, macs, latency=None) -> FrontPoint:
+    return FrontPoint(list(gene), f1, macs, latency, f1)
 
 
 def test_pareto_front_by_hand():
@@ -218,15 +216,15 @@ def test_predictor_guided_evolution_evaluates_ranked_children():
 
 
 def test_most_promising_children_spread_over_the_cost_range():
-    from quala.search import _most_promising
+    from quala.evolution import _most_promising
 
     length = 64
     predictor = F1Predictor(length).fit([(64, 64), (32, 16), (48, 40), (20, 10)], [50.0, 20.0, 40.0, 10.0])
 
     class Run:  # the two attributes _most_promising reads
         used = {
-            (64, 64): Candidate([64, 64], 50.0, 0.0, 64 + 64, None),
-            (20, 10): Candidate([20, 10], 10.0, 0.0, 20 + 10, None),
+            (64, 64): FrontPoint([64, 64], 50.0, 64 + 64, None, 0.0),
+            (20, 10): FrontPoint([20, 10], 10.0, 20 + 10, None, 0.0),
         }
 
         @staticmethod
@@ -390,7 +388,8 @@ def test_max_examples_spreads_over_the_split():
 def test_training_validation_and_search_pick_the_same_questions(tmp_path, tiny_model_dir):
     """One rule for 'N evenly spaced questions': training's validation subset is the search's subset."""
     from quala.data import load_squad
-    from quala.train import TrainConfig, build_trainer
+    from quala.train import build_trainer
+    from quala.train_config import TrainConfig
 
     cfg = TrainConfig(
         model=str(tiny_model_dir),
@@ -430,9 +429,10 @@ def test_search_writes_schema_plot_and_attaches(tmp_path, tiny_model_dir):
     config = SearchConfig(population=3, iterations=2, mutations=2, crossovers=2, max_examples=16, seed=0)
     config.latency.repeats = 1
     config.latency.warmup = 0
-    config.evaluation.threads = 1
+    config.threads = 1
     out = tmp_path / "out"
-    result, document = search(str(model), str(DEMO_DEV), "0:2", out, config, attach=True, progress=False)
+    data = load_squad(DEMO_DEV, "0:2")
+    result, document = search(str(model), data, out, config, attach=True, progress=False)
     written = json.loads((out / "search.json").read_text())
     assert written == json.loads(json.dumps(document))
     assert {"settings", "data", "candidates", "front"} <= set(written)
@@ -452,7 +452,7 @@ def test_search_writes_schema_plot_and_attaches(tmp_path, tiny_model_dir):
     cheapest = result.front[0]
     assert engine.resolve({"macs_fraction": cheapest.macs / result.full.macs}) == cheapest.length_config
     # resuming a finished search evaluates nothing new and writes the same front
-    again, _ = search(str(model), str(DEMO_DEV), "0:2", out, config, progress=False)
+    again, _ = search(str(model), data, out, config, progress=False)
     assert [c.gene for c in again.front] == [c.gene for c in result.front]
 
 
@@ -519,18 +519,19 @@ def test_cli_search_runs_the_cpu_preset_shape(tmp_path, tiny_model_dir):
 
 def test_attach_refuses_installed_packages_before_any_work(tmp_path, tiny_model_dir, monkeypatch):
     """packaged:minilm lives in site-packages: --attach must not write search.json there (nor anywhere else)."""
-    import quala.data
+    import quala.engine
     from quala.search import search
 
     def must_not_load(*a, **k):
-        raise AssertionError("data was loaded before --attach was checked")
+        raise AssertionError("the model was loaded before --attach was checked")
 
-    monkeypatch.setattr(quala.data, "load_squad", must_not_load)
+    monkeypatch.setattr(quala.engine, "load_predictor", must_not_load)
     config = SearchConfig(population=3, iterations=1, mutations=1, crossovers=1, max_examples=4)
+    data = load_squad(DEMO_DEV, "0:1")
     with pytest.raises(QualaError, match=r"would write into the installed package at .*site-packages.*copy the model"):
-        search("packaged:minilm", str(DEMO_DEV), "0:1", tmp_path / "out", config, attach=True, progress=False)
+        search("packaged:minilm", data, tmp_path / "out", config, attach=True, progress=False)
     fake = tmp_path / "venv" / "lib" / "site-packages" / "somepkg" / "model"
     shutil.copytree(tiny_model_dir, fake)
     with pytest.raises(QualaError, match=r"cp -r .* somepkg\) and search --model somepkg --attach"):
-        search(str(fake), str(DEMO_DEV), "0:1", tmp_path / "out", config, attach=True, progress=False)
+        search(str(fake), data, tmp_path / "out", config, attach=True, progress=False)
     assert not (tmp_path / "out").exists() and not (fake / "search.json").exists()

@@ -189,7 +189,7 @@ def test_concurrent_requests_are_safe(client, engine):
 
 def test_micro_batching_merges_queued_requests_with_the_same_config(engine):
     """Requests queued together are merged per length configuration; answers stay those of the engine."""
-    from quala.serve import EngineWorker
+    from quala.serve_worker import EngineWorker
 
     jobs = [
         (QUESTION, [160, 120, 90, 60]),
@@ -389,7 +389,7 @@ def test_full_queue_gets_503_and_the_rest_is_answered(engine):
     """Overload is refused with 503 instead of queueing without bound; queued requests still complete."""
     import threading
 
-    from quala.serve import Busy, EngineWorker
+    from quala.serve_worker import Busy, EngineWorker
 
     class SlowEngine:  # blocks until released, then answers like the real engine
         def __init__(self):

@@ -16,8 +16,9 @@ from fastapi.testclient import TestClient
 from test_serve import CONTEXT, LIMITS, QUESTION, front_model_dir  # noqa: F401 - the fixture is used by name
 
 from quala.adaptive import HEADROOM, Backlog, CostModel, LatencyTarget, Line, calibrate, config_key
-from quala.budget import Budget, FrontPoint, resolve_budget
+from quala.budget import Budget, resolve_budget
 from quala.engine import Answer
+from quala.front import FrontPoint
 
 # A fake front whose MACs are half the sum of the token counts (FULL: 400). The most accurate point is not the
 # most expensive one, so "accurate" differs from "full".
@@ -196,7 +197,7 @@ class BlockingEngine:
 
 
 def test_worker_chooses_from_its_queue_and_explicit_configs_win():
-    from quala.serve import AUTO, EngineWorker
+    from quala.serve_worker import AUTO, EngineWorker
 
     clock = FakeClock()
     engine = BlockingEngine(clock)

@@ -18,7 +18,8 @@ from quala.config import from_dict
 from quala.data import Features, collate
 from quala.errors import QualaError
 from quala.model import LengthAdaptiveQA, load_tokenizer
-from quala.train import TrainConfig, Trainer, build_trainer
+from quala.train import Trainer, build_trainer
+from quala.train_config import TrainConfig
 
 DEMO_TRAIN = str(DEMO_DIR / "train.json")
 DEMO_DEV = str(DEMO_DIR / "dev.json")

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from quala.budget import FrontPoint, accuracy_key
+from quala.budget import accuracy_key
+from quala.front import FrontPoint
 
 HEADROOM = 0.8  # plan for 80% of the target; the rest absorbs inputs longer than average and HTTP time
 CALIBRATION_BATCH = 8  # second batch size timed at start-up; larger batches are extrapolated linearly

@@ -17,12 +17,14 @@ Two protocols:
 Baselines (``baselines="all"``), int8 ONNX Runtime without token dropping: shorter windows (256/128 and
 192/64: more, shorter features per question, answers merged across windows as usual; serving protocol only,
 since a per-feature latency would hide their extra features), and the first ``k`` layers only (a depth
-configuration, :func:`quala.model.depth_config`, on the fused graph cut to ``k`` layers).
+configuration, :func:`quala.lengths.depth_config`, on the fused graph cut to ``k`` layers).
 
 Latency covers the model call only (feature tensors in, span logits out); tokenisation and answer extraction
 are the same for every engine. F1/EM come from each row's own logits on the same questions; rows with random
 weights report none. Each panel gets a verdict (:func:`verdict`): which baselines the front dominates and
-which dominate it, at equal or lower latency.
+which dominate it, at equal or lower latency (:mod:`quala.benchmark_report` writes the verdicts, tables and plot).
+The module stays a little over 500 lines: the engines it builds, their round-robin timing and the stage that
+prepares them are one measurement protocol.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from quala.config import DataConfig
+from quala.config import DataConfig, setting
 from quala.data import Features, SquadData, collate, postprocess, prepare_features
 from quala.engine import Predictor
 from quala.errors import QualaError
 from quala.macs import count_macs
 from quala.metric import squad_v1_scores
-from quala.report import fmt
+from quala.model_dir import FULL_GRAPH, LA_GRAPH, ModelDir
 
 PROTOCOLS = ("serving", "papers")
 PAPERS_LENGTH = 384
@@ -108,6 +110,8 @@ class BenchmarkResult:
 
     def verdicts(self) -> dict[str, str]:
         """One verdict line per (protocol, batch size) panel."""
+        from quala.benchmark_report import verdict
+
         return {f"{p}, batch {bs}": verdict([asdict(r) for r in rows]) for (p, bs), rows in panels(self.rows).items()}
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,48 +129,6 @@ def panels(rows: Sequence[BenchRow]) -> dict[tuple[str, int], list[BenchRow]]:
     for r in rows:
         groups.setdefault((r.protocol, r.batch_size), []).append(r)
     return groups
-
-
-# ------------------------------------------------------------------------------------------- verdict
-def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """``a`` is at most as slow and at least as accurate as ``b``, and strictly better in one."""
-    la, lb, fa, fb = a["latency_ms_median"], b["latency_ms_median"], a["f1"], b["f1"]
-    return la <= lb and fa >= fb and (la < lb or fa > fb)
-
-
-def verdict(rows: Sequence[dict[str, Any]]) -> str:
-    """One line judging the token-dropping front (``kind == "front"``) against every plain model and baseline
-    (``kind`` ``model`` or ``baseline``) of one panel, by Pareto dominance on (median latency, F1).
-
-    "front dominates A between X and Y ms": some front point is at most as slow and at least as accurate as A;
-    X..Y spans the front points that dominate a baseline. "is dominated by B between X and Y ms": B dominates
-    the front points in X..Y. Rows without an F1 are ignored.
-    """
-    scored = [r for r in rows if r.get("f1") is not None]
-    front = [r for r in scored if r["kind"] == "front"]
-    others = [r for r in scored if r["kind"] in ("model", "baseline")]
-    if not front:
-        return "no scored front points to judge"
-    if not others:
-        return "no scored baselines to judge the front against"
-
-    def span(points: list[dict[str, Any]]) -> str:
-        lat = [p["latency_ms_median"] for p in points]
-        return f"between {min(lat):.1f} and {max(lat):.1f} ms"
-
-    def names(points: list[dict[str, Any]]) -> str:
-        return ", ".join(dict.fromkeys(p["name"].replace(" ONNX Runtime", " ORT") for p in points))
-
-    beaten = [o for o in others if any(_dominates(f, o) for f in front)]
-    winning = [f for f in front if any(_dominates(f, o) for o in others)]
-    beaters = [o for o in others if any(_dominates(o, f) for f in front)]
-    losing = [f for f in front if any(_dominates(o, f) for o in others)]
-    parts = []
-    if beaten:
-        parts.append(f"front dominates {names(beaten)} {span(winning)}")
-    if beaters:
-        parts.append(f"{'is' if parts else 'front is'} dominated by {names(beaters)} {span(losing)}")
-    return "; ".join(parts) or "front neither dominates nor is dominated by any baseline"
 
 
 def weights_size_mb(paths: Sequence[Path]) -> float:
@@ -371,10 +333,8 @@ def build_engines(
     """BERT-base, {label} fp32 eager / fp32 ORT / int8 ORT, LA-{label} int8 at each length config (serving: the
     model's rule; papers: the ``clip_dir`` graph), and with ``baselines="all"`` the window and depth baselines."""
     from quala.engine import OnnxPredictor, TorchPredictor
-    from quala.export import FULL_GRAPH, LA_GRAPH
-    from quala.model import resolve_model_path
 
-    src = Path(resolve_model_path(model))
+    src = Path(ModelDir.resolve(model).path)
     fp32_ort = OnnxPredictor(onnx_dir, threads)
     int8_ort = OnnxPredictor(int8_dir, threads)
     full_mb, la_mb = weights_size_mb([int8_dir / FULL_GRAPH]), weights_size_mb([int8_dir / LA_GRAPH])
@@ -401,7 +361,7 @@ def build_engines(
         BenchEngine(f"{label} int8 ONNX Runtime", int8_ort, "int8", None, full_mb, trained),
         BenchEngine(
             f"LA-{label} int8 ONNX Runtime (one graph, full length)",
-            _FullViaLengthGraph(int8_ort),
+            int8_ort.without_full_graph(),
             "int8",
             None,
             la_mb,
@@ -441,7 +401,7 @@ def build_engines(
 def baseline_specs(num_layers: int, reference_length: int) -> list[tuple[str, DataConfig, list[int] | None]]:
     """(name, feature windows, length config) of each baseline: the shorter windows at full length, then the
     depth configurations that keep fewer layers than the model has."""
-    from quala.model import depth_config
+    from quala.lengths import depth_config
 
     specs = [(f"windows {m}/{s}", DataConfig(max_seq_length=m, doc_stride=s), None) for m, s in WINDOWS]
     specs += [
@@ -452,14 +412,15 @@ def baseline_specs(num_layers: int, reference_length: int) -> list[tuple[str, Da
     return specs
 
 
-def clip_rule_model(model: str | Path, int8_dir: Path, output: Path) -> Path:
+def clip_rule_model(model: ModelDir, int8_dir: Path, output: Path) -> Path:
     """``model`` exported with the ``clip`` length rule (the papers' protocol) and quantized like ``int8_dir``
     (same mode, fp32 exclusions and calibration), into ``output``; reused when already there."""
     import tempfile
 
-    from quala.export import LA_GRAPH, export_model
-    from quala.io import read_manifest
-    from quala.quantize import quantize_model
+    from quala.data import load_squad
+    from quala.export import export_model
+    from quala.model_dir import read_manifest
+    from quala.quantize import QuantizeConfig, quantize
 
     if (output / LA_GRAPH).is_file():
         return output
@@ -467,191 +428,72 @@ def clip_rule_model(model: str | Path, int8_dir: Path, output: Path) -> Path:
     calibration = manifest.get("calibration") or {}
     with tempfile.TemporaryDirectory(prefix="quala-clip-") as scratch:
         fp32 = export_model(model, Path(scratch) / "fp32", full_graph=False, length_rule="clip").directory
-        quantize_model(
-            fp32,
-            output,
-            manifest.get("mode", "dynamic"),
-            calibration.get("file"),
-            calibration.get("articles"),
-            manifest.get("keep_fp32", "ffn-output"),
-            calibration.get("features") or 100,
+        settings = QuantizeConfig(
+            mode=manifest.get("mode", "dynamic"),
+            keep_fp32=manifest.get("keep_fp32", "ffn-output"),
+            calibration_features=calibration.get("features") or QuantizeConfig.calibration_features,
         )
+        data = load_squad(calibration["file"], calibration.get("articles")) if calibration.get("file") else None
+        quantize(fp32, data, output, settings)
     return output
 
 
-class _FullViaLengthGraph:
-    """Runs full-length requests on the length-adaptive graph (to measure what one graph for all costs)."""
+@dataclass
+class BenchmarkConfig:
+    """Settings of the benchmark stage."""
 
-    def __init__(self, inner: Any):
-        self.inner = inner
-        self.backend, self.tokenizer = inner.backend, inner.tokenizer
-        self.model_config, self.la_config = inner.model_config, inner.la_config
+    max_examples: int | None = setting(200, "Benchmark the first N questions (None: all).")
+    batch_sizes: list[int] = setting(
+        help="Comma-separated batch sizes (serving protocol).", default_factory=lambda: [1, 32]
+    )
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))  # serving | papers
+    threads: int | None = setting(None, "CPU threads (default: all cores).")
+    baselines: str = setting(
+        "all", "all: also time int8 with windows 256/128 and 192/64 and with 4 and 5 layers; none."
+    )
+    length_configs: list[list[int]] | None = None  # the LA rows (None: the model's search front)
+    baseline_model: str | None = setting(None, "Trained BERT-base QA directory; default: random 12x768 weights.")
+    onnx_model: str | None = setting(None, "Existing fp32 export of --model (default: exported into OUTPUT/models).")
+    int8_model: str | None = setting(None, "Existing int8 model of --model (default: quantized into OUTPUT/models).")
+    label: str = setting("MiniLM", "Name of the model in the rows.")
 
-    def logits(self, batch: dict[str, np.ndarray], length_config: Sequence[int] | None):
-        n = int(self.model_config.num_hidden_layers)
-        return self.inner.logits(batch, length_config or [self.la_config.reference_length] * n)
-
-
-# ------------------------------------------------------------------------------------------- reports
-COLUMNS = [
-    ("model", lambda r: r.name),
-    ("dtype", lambda r: r.dtype),
-    ("backend", lambda r: r.backend),
-    ("tokens per layer", lambda r: ",".join(map(str, r.length_config)) if r.length_config else "full"),
-    ("rule", lambda r: r.length_rule or "–"),
-    ("windows", lambda r: f"{r.max_seq_length}/{r.doc_stride}"),
-    ("size MB", lambda r: fmt(r.size_mb, 1)),
-    ("F1", lambda r: fmt(r.f1, 2)),
-    ("EM", lambda r: fmt(r.exact_match, 2)),
-    ("ΔF1 vs fp32", lambda r: fmt(r.f1_delta_vs_fp32, 2)),
-    ("GMACs", lambda r: f"{r.macs / 1e9:.2f}"),
-    ("median ms", lambda r: fmt(r.latency_ms_median, 1)),
-    ("p90 ms", lambda r: fmt(r.latency_ms_p90, 1)),
-    ("questions/s", lambda r: fmt(r.questions_per_second, 1)),
-    ("× BERT-base", lambda r: fmt(r.speedup_vs_bert_base, 2, "×")),
-    ("× fp32 eager", lambda r: fmt(r.speedup_vs_minilm_fp32, 2, "×")),
-]
-PANEL_TITLES = {
-    "serving": "real lengths, model's length rule; latency per request of {bs} question(s)",
-    "papers": "padded to 384, clip length rule; latency per feature (batch time / features)",
-}
-
-
-def markdown_table(result: BenchmarkResult) -> str:
-    """One Markdown table per (protocol, batch size), in the style of the QuaLA-MiniLM model card, each with its
-    verdict."""
-    m = result.machine
-    isa = ", ".join(m.get("isa_flags") or []) or "unknown"
-    lines = [
-        "# QuaLA benchmark",
-        "",
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('threads')} threads; ISA: {isa}; "
-        + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
-        f"Sample: {result.sample.get('data')} ({result.sample.get('num_features')} features at 384/128).",
-        f"Load average (1, 5, 15 min) before: {m.get('load_average_before')}, after: "
-        f"{m.get('load_average_after')}; OMP_WAIT_POLICY={m.get('omp_wait_policy')}.",
-        "",
-    ]
-    verdicts = result.verdicts()
-    for (protocol, bs), rows in panels(result.rows).items():
-        lines += [f"## {protocol}, batch {bs} ({PANEL_TITLES[protocol].format(bs=bs)})", ""]
-        lines.append("| " + " | ".join(c for c, _ in COLUMNS) + " |")
-        lines.append("|" + "---|" * len(COLUMNS))
-        lines += ["| " + " | ".join(f(r) for _, f in COLUMNS) + " |" for r in rows]
-        lines += ["", f"Verdict: {verdicts[f'{protocol}, batch {bs}']}.", ""]
-    return "\n".join(lines)
-
-
-def plot_f1_latency(result: BenchmarkResult, path: Path) -> bool:
-    """F1 against median latency per (protocol, batch size): the front as a line, every other row a marked point,
-    the panel's verdict underneath. False when no row has an F1."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scored = [r for r in result.rows if r.f1 is not None]
-    if not scored:
-        return False
-    groups = {k: [r for r in rows if r.f1 is not None] for k, rows in panels(scored).items()}
-    names = list(dict.fromkeys(r.name for r in scored if r.kind != "front"))  # one marker and colour per row
-    markers = "osD^v<>ph*XP"
-    verdicts = result.verdicts()
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 5.4), squeeze=False)
-    for ax, ((protocol, bs), rows) in zip(axes[0], groups.items(), strict=True):
-        front = sorted((r for r in rows if r.kind == "front"), key=lambda r: r.latency_ms_median)
-        if front:
-            ax.plot(
-                [r.latency_ms_median for r in front],
-                [r.f1 for r in front],
-                "-o",
-                color="k",
-                markersize=4,
-                label="token-dropping front",
-            )
-        for i, name in enumerate(names):
-            for r in (r for r in rows if r.name == name):
-                ax.plot(
-                    r.latency_ms_median,
-                    r.f1,
-                    linestyle="",
-                    marker=markers[i % len(markers)],
-                    color=f"C{i % 10}",
-                    markersize=7,
-                    label=name.replace(" ONNX Runtime", " ORT"),
-                )
-        ax.set_xscale("log")
-        ax.set_xlabel("median latency, ms (log)")
-        ax.set_title(f"{protocol}, batch {bs}", fontsize=10)
-        ax.grid(alpha=0.3)
-        text = textwrap.fill(verdicts[f"{protocol}, batch {bs}"], 70)
-        ax.text(0.0, -0.16, text, transform=ax.transAxes, fontsize=7, va="top", ha="left")
-    axes[0][0].set_ylabel("F1")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:  # one legend entry per row name across panels
-        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if label not in labels:
-                handles.append(h)
-                labels.append(label)
-    fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle("SQuAD F1 against CPU latency: the token-dropping front and the simple alternatives", fontsize=11)
-    fig.tight_layout()
-    from quala.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return True
+    def __post_init__(self) -> None:
+        # resolved configs written before the papers' protocol got its clip rule name it "paper"
+        self.protocols = ["papers" if p == "paper" else p for p in self.protocols]
+        if any(b < 1 for b in self.batch_sizes):
+            raise QualaError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.baselines not in BASELINES:
+            raise QualaError(f"--baselines must be one of {list(BASELINES)}, got {self.baselines!r}")
+        settings_for(self.protocols, self.batch_sizes)  # rejects unknown protocols before any work
+        if self.threads is not None and self.threads < 1:
+            raise QualaError(f"--threads must be >= 1, got {self.threads}")
 
 
 def benchmark(
-    model: str,
-    data: str,
-    output: Path,
-    articles: str | None = None,
-    max_examples: int | None = None,
-    batch_sizes: Sequence[int] = (1, 32),
-    protocols: Sequence[str] = PROTOCOLS,
-    baseline: str | None = None,
-    length_configs: Sequence[str | Sequence[int]] | None = None,
-    onnx_model: str | None = None,
-    int8_model: str | None = None,
-    threads: int | None = None,
-    label: str = "MiniLM",
-    progress: bool = True,
-    baselines: str = "all",
+    model: str | Path | ModelDir, data: SquadData, output: Path, config: BenchmarkConfig, progress: bool = True
 ) -> BenchmarkResult:
-    """``quala benchmark``: prepare the engines, run, and write JSON, Markdown and a plot."""
+    """The benchmark stage (``quala benchmark``): prepare the engines, run them on the first
+    ``config.max_examples`` questions of ``data``, and write JSON, Markdown and a plot."""
     import torch
 
-    from quala.budget import load_front
-    from quala.data import load_squad
     from quala.export import export_model
-    from quala.io import machine_info, read_manifest, write_json_atomic, write_text_atomic
-    from quala.model import PACKAGED_MINILM, parse_length_config, resolve_model_path
-    from quala.quantize import quantize_model, reference_length
+    from quala.io import machine_info, write_json_atomic, write_text_atomic
+    from quala.lengths import parse_length_config
+    from quala.model_dir import PACKAGED_MINILM, read_manifest
+    from quala.quantize import quantize
 
-    if any(b < 1 for b in batch_sizes):
-        raise QualaError(f"--batch-sizes must be positive integers, got {list(batch_sizes)}")
-    if baselines not in BASELINES:
-        raise QualaError(f"--baselines must be one of {list(BASELINES)}, got {baselines!r}")
-    settings_for(protocols, batch_sizes)  # rejects unknown protocols before any work
-    threads = threads or os.cpu_count() or 1
-    if threads < 1:
-        raise QualaError(f"--threads must be >= 1, got {threads}")
-    squad = load_squad(data, articles, max_examples)
-    src = Path(resolve_model_path(model))
-    if (src / "model.onnx").is_file():
+    cfg = config
+    batch_sizes, protocols, baseline = cfg.batch_sizes, cfg.protocols, cfg.baseline_model
+    length_configs, onnx_model, int8_model = cfg.length_configs, cfg.onnx_model, cfg.int8_model
+    label, baselines = cfg.label, cfg.baselines
+    threads = cfg.threads or os.cpu_count() or 1
+    squad = data.first(cfg.max_examples)
+    model = ModelDir.resolve(model)
+    if model.is_onnx:
         raise QualaError(f"--model {model} is an ONNX directory; pass the fp32 PyTorch model (safetensors)")
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(src)
-    layers, ref = int(config.num_hidden_layers), reference_length(config)
+    layers, ref = model.num_layers, model.reference_length
     if length_configs is None:
-        full = count_macs(config, ref).total
-        configs = [p.length_config for p in load_front(src, full) if p.length_config is not None]
+        configs = [p.length_config for p in model.front() if p.length_config is not None]
     else:
         configs = [parse_length_config(c, layers, ref) for c in length_configs]
         configs = [c for c in configs if c is not None]
@@ -664,16 +506,16 @@ def benchmark(
     models = output / "models"
     onnx_dir = Path(onnx_model) if onnx_model else models / "fp32-onnx"
     int8_dir = Path(int8_model) if int8_model else models / "int8-dynamic"
-    if onnx_model is None and not (onnx_dir / "model.onnx").is_file():
+    if onnx_model is None and not (onnx_dir / LA_GRAPH).is_file():
         export_model(model, onnx_dir)
-    if int8_model is None and not (int8_dir / "model.onnx").is_file():
-        quantize_model(onnx_dir, int8_dir)
+    if int8_model is None and not (int8_dir / LA_GRAPH).is_file():
+        quantize(onnx_dir, None, int8_dir)
     if (read_manifest(int8_dir) or {}).get("dtype") != "int8":
         raise QualaError(f"{int8_dir} is not an int8 model directory (quala quantize writes one)")
     clip_dir = None
     if "papers" in protocols and (configs or paper_config):
         clip_dir = clip_rule_model(model, int8_dir, models / "int8-clip")
-    trained = str(model) != PACKAGED_MINILM  # the packaged MiniLM has a random span head
+    trained = model.name != PACKAGED_MINILM  # the packaged MiniLM has a random span head
     torch.set_num_threads(threads)
     engines = build_engines(
         model, onnx_dir, int8_dir, configs, baseline, threads, label, trained, baselines, clip_dir, paper_config
@@ -686,7 +528,7 @@ def benchmark(
     result = run_benchmark(engines, squad, batch_sizes, protocols, progress=progress, machine=machine)
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result.sample["models"] = {
-        "model": str(model),
+        "model": model.name,
         "onnx": str(onnx_dir),
         "int8": str(int8_dir),
         "int8_clip_rule": str(clip_dir) if clip_dir else None,
@@ -695,6 +537,8 @@ def benchmark(
     result.sample["baselines"] = baselines
     result.sample["paper_config"] = paper_config
     write_json_atomic(output / "benchmark.json", result.to_dict())
+    from quala.benchmark_report import markdown_table, plot_f1_latency
+
     write_text_atomic(output / "benchmark.md", markdown_table(result) + "\n")
     plot_f1_latency(result, output / "f1_vs_latency.png")
     return result

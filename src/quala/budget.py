@@ -16,35 +16,51 @@ is an error that says to run ``quala search``.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from quala.errors import QualaError
+from quala.front import FrontPoint
 
-SEARCH_FILE = "search.json"
 PRESETS = {"accurate": None, "balanced": 1.0, "fast": 5.0}  # allowed F1 drop from the best point
+
+
+PRESET_HELP = "; ".join(
+    f"{name}: best F1" if drop is None else f"{name}: cheapest within {drop:g} F1 of the best"
+    for name, drop in PRESETS.items()
+)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """At most one of the three ways to express a budget."""
+    """At most one of the three ways to express a budget. Each field's metadata states its bounds (``gt``,
+    ``le``) or ``choices`` and its help text, which the HTTP schema (:mod:`quala.serve`) is built from."""
 
-    macs_fraction: float | None = None
-    max_latency_ms: float | None = None
-    preset: str | None = None
+    macs_fraction: float | None = field(
+        default=None,
+        metadata={"gt": 0, "le": 1, "help": "At most this fraction of the full-length model's MACs, in (0, 1]."},
+    )
+    max_latency_ms: float | None = field(
+        default=None,
+        metadata={"gt": 0, "help": "At most this latency per question, as measured by `quala search` (ms)."},
+    )
+    preset: str | None = field(default=None, metadata={"choices": tuple(PRESETS), "help": PRESET_HELP})
 
     def __post_init__(self) -> None:
-        given = [k for k in ("macs_fraction", "max_latency_ms", "preset") if getattr(self, k) is not None]
+        given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
         if len(given) > 1:
             raise QualaError(f"give one budget, not several: {given}")
-        if self.macs_fraction is not None and not 0 < self.macs_fraction <= 1:
-            raise QualaError(f"macs_fraction must be in (0, 1], got {self.macs_fraction}")
-        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
-            raise QualaError(f"max_latency_ms must be > 0, got {self.max_latency_ms}")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise QualaError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None:
+                continue
+            if "choices" in meta and value not in meta["choices"]:
+                raise QualaError(f"unknown {f.name} {value!r}; choose one of {sorted(meta['choices'])}")
+            low, high = meta.get("gt"), meta.get("le")
+            if low is not None and not (math.isfinite(value) and value > low and (high is None or value <= high)):
+                bounds = f"in ({low}, {high}]" if high is not None else f"> {low}"
+                raise QualaError(f"{f.name} must be {bounds}, got {value}")
 
     @classmethod
     def parse(cls, value: Budget | dict[str, Any] | str | None) -> Budget | None:
@@ -52,7 +68,7 @@ class Budget:
         if value is None or isinstance(value, Budget):
             return value
         if isinstance(value, dict):
-            unknown = set(value) - {"macs_fraction", "max_latency_ms", "preset"}
+            unknown = set(value) - {f.name for f in fields(cls)}
             if unknown:
                 raise QualaError(
                     f"unknown budget field(s) {sorted(unknown)}; use macs_fraction, max_latency_ms or preset"
@@ -72,39 +88,6 @@ class Budget:
         raise QualaError(
             f"budget {text!r} not understood; use a preset ({', '.join(PRESETS)}), macs=FRACTION or latency=MS"
         )
-
-
-@dataclass(frozen=True)
-class FrontPoint:
-    """One configuration on the accuracy/cost front."""
-
-    length_config: list[int] | None
-    f1: float | None
-    macs: int
-    latency_ms: float | None
-
-
-def load_front(model_dir: str | Path, full_macs: int) -> list[FrontPoint]:
-    """The front stored with a model, cheapest first; the full-length model when there is none."""
-    path = Path(model_dir) / SEARCH_FILE
-    if not path.is_file():
-        return [FrontPoint(None, None, full_macs, None)]
-    try:
-        front = json.loads(path.read_text(encoding="utf-8"))["front"]
-        points = [
-            FrontPoint(
-                list(p["length_config"]) if p["length_config"] is not None else None,
-                p.get("f1"),
-                int(p["macs"]),
-                p.get("latency_ms"),
-            )
-            for p in front
-        ]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise QualaError(f"{path} is not a valid search result ({exc}); re-run quala search --attach") from None
-    if not points:
-        raise QualaError(f"{path} has an empty front; re-run quala search --attach")
-    return sorted(points, key=lambda p: p.macs)
 
 
 def accuracy_key(p: FrontPoint) -> tuple[float, int]:

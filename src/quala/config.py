@@ -22,12 +22,26 @@ T = TypeVar("T")
 RESOLVED_CONFIG = "quala_config.yaml"
 
 
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    flag: str | None = None,
+    switch: bool = True,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field documented once: ``help`` is its ``quala`` option's help text (see
+    :mod:`quala.cli_options`), ``flag`` the option's name when not derived from the field's path; a bool
+    option gets a ``--no-`` form unless ``switch`` is False."""
+    metadata = {"help": help, "switch": switch, **({"flag": flag} if flag else {})}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
 @dataclass
 class DataConfig:
     """How examples become features (Devlin et al. 2019, SQuAD fine-tuning recipe)."""
 
-    max_seq_length: int = 384
-    doc_stride: int = 128
+    max_seq_length: int = setting(384, "Tokens per window.", flag="--max-seq-length")
+    doc_stride: int = setting(128, "Overlap between windows of long contexts.", flag="--doc-stride")
     max_query_length: int = 64
     max_answer_length: int = 30
     n_best_size: int = 20
@@ -81,8 +95,7 @@ class LengthAdaptiveConfig:
 class EvalConfig:
     """Evaluation settings."""
 
-    batch_size: int = 32
-    threads: int | None = None
+    batch_size: int = setting(32, "Features per forward pass when scoring F1.", flag="--batch-size")
     data: DataConfig = field(default_factory=DataConfig)
 
 

@@ -48,6 +48,12 @@ class SquadData:
     def describe(self) -> dict[str, Any]:
         return {"file": self.source, "articles": self.articles, "num_questions": len(self.examples)}
 
+    def first(self, n: int | None) -> SquadData:
+        """The first ``n`` questions in file order (``None``: all of them)."""
+        if n is not None and n < 1:
+            raise QualaError(f"--max-examples must be >= 1, got {n}")
+        return self if n is None else SquadData(self.examples[:n], self.source, self.articles, self.num_articles)
+
     def spread(self, n: int | None) -> SquadData:
         """``n`` questions evenly spaced over the split, in file order, so that every article contributes: the
         ``i``-th of ``n`` is question ``floor(i * N / n)``. Training's validation subset and the search use this
@@ -123,13 +129,9 @@ def squad_from_json(
                     )
     except (KeyError, TypeError, ValueError) as exc:
         raise QualaError(f"{source} is not SQuAD v1.1 JSON: missing or malformed field {exc}") from None
-    if max_examples is not None:
-        if max_examples < 1:
-            raise QualaError(f"--max-examples must be >= 1, got {max_examples}")
-        examples = examples[:max_examples]
     if not examples:
         raise QualaError(f"{source} holds no questions for articles {articles or 'all'}")
-    return SquadData(examples, source, articles, len(chosen))
+    return SquadData(examples, source, articles, len(chosen)).first(max_examples)
 
 
 def _load_from_hub(name: str, articles: str | None, max_examples: int | None) -> SquadData:

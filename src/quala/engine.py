@@ -7,6 +7,7 @@ go through :func:`load_predictor`, so an fp32 PyTorch directory and an int8 ONNX
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Sequence
@@ -17,19 +18,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from quala.budget import Budget, FrontPoint, load_front, resolve_budget
+from quala.budget import Budget, resolve_budget
 from quala.builtin import BUILTIN_MODEL
 from quala.config import DataConfig, LengthAdaptiveConfig
 from quala.data import Example, Prediction, collate, length_grouped_batches, postprocess, prepare_features
 from quala.errors import QualaError
+from quala.front import FrontPoint, full_length_front, read_front
+from quala.lengths import parse_length_config, validate_length_config
 from quala.macs import count_macs
-from quala.model import (
-    LengthAdaptiveQA,
-    load_tokenizer,
-    parse_length_config,
-    torch_threads,
-    validate_length_config,
-)
+from quala.model import LengthAdaptiveQA, load_tokenizer, torch_threads
+from quala.model_dir import FULL_GRAPH, LA_GRAPH, ModelDir
 
 
 @dataclass
@@ -52,7 +50,7 @@ class Predictor(Protocol):
 
 
 class TorchPredictor:
-    """PyTorch eager fp32 backend."""
+    """PyTorch eager fp32 backend, on whatever device the model is (the trainer validates on its GPU)."""
 
     backend = "torch"
 
@@ -64,19 +62,21 @@ class TorchPredictor:
         self.threads = threads
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, threads: int | None = None) -> TorchPredictor:
-        return cls(LengthAdaptiveQA.from_pretrained(path), load_tokenizer(path), threads)
+    def from_pretrained(cls, model: str | Path | ModelDir, threads: int | None = None) -> TorchPredictor:
+        model = ModelDir.resolve(model)
+        return cls(LengthAdaptiveQA.from_pretrained(model), load_tokenizer(model), threads)
 
     @torch.inference_mode()
     def logits(self, batch: dict[str, np.ndarray], length_config: Sequence[int] | None) -> SpanLogits:
+        device = next(self.model.parameters()).device
         with torch_threads(self.threads):
             out = self.model(
-                torch.from_numpy(batch["input_ids"]),
-                torch.from_numpy(batch["attention_mask"]),
-                torch.from_numpy(batch["token_type_ids"]) if "token_type_ids" in batch else None,
+                torch.from_numpy(batch["input_ids"]).to(device),
+                torch.from_numpy(batch["attention_mask"]).to(device),
+                torch.from_numpy(batch["token_type_ids"]).to(device) if "token_type_ids" in batch else None,
                 length_config=length_config,
             )
-        return SpanLogits(out.start_logits.numpy(), out.end_logits.numpy())
+        return SpanLogits(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy())
 
 
 class OnnxPredictor:
@@ -89,24 +89,18 @@ class OnnxPredictor:
 
     backend = "onnxruntime"
 
-    def __init__(self, directory: str | Path, threads: int | None = None):
+    def __init__(self, model: str | Path | ModelDir, threads: int | None = None):
         import onnxruntime as ort
-        from transformers import AutoConfig
 
-        from quala.config import from_dict
-        from quala.export import FULL_GRAPH, LA_GRAPH
-        from quala.model import CONFIG_KEY
-
-        directory = Path(directory)
+        model = ModelDir.resolve(model, require_weights=False)
+        directory = Path(model.path)
         if not (directory / LA_GRAPH).is_file():
             raise QualaError(f"{directory} has no {LA_GRAPH}; create it with quala export or quala quantize")
         self.directory = directory
         self.threads = threads
-        self.model_config = AutoConfig.from_pretrained(directory)
-        stored = getattr(self.model_config, CONFIG_KEY, None) or {}
-        where = f"{directory}/config.json:{CONFIG_KEY}"
-        self.la_config = from_dict(LengthAdaptiveConfig, stored, where=where)
-        self.tokenizer = load_tokenizer(directory)
+        self.model_config = model.hf_config
+        self.la_config = model.la_config
+        self.tokenizer = load_tokenizer(model)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
@@ -121,8 +115,8 @@ class OnnxPredictor:
         self._options, self._depth_sessions = options, {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, threads: int | None = None) -> OnnxPredictor:
-        return cls(path, threads)
+    def from_pretrained(cls, model: str | Path | ModelDir, threads: int | None = None) -> OnnxPredictor:
+        return cls(model, threads)
 
     def logits(self, batch: dict[str, np.ndarray], length_config: Sequence[int] | None) -> SpanLogits:
         feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in batch.items() if k in self.input_names}
@@ -142,11 +136,18 @@ class OnnxPredictor:
             start, end = self.session.run(None, feed)
         return SpanLogits(start, end)
 
+    def without_full_graph(self) -> OnnxPredictor:
+        """This predictor, sessions shared, answering full-length requests on the length-adaptive graph: the
+        fallback of a directory without ``model_full.onnx`` (the benchmark measures what one graph for all costs)."""
+        clone = copy.copy(self)
+        clone.full_session = None
+        return clone
+
     def _depth_session(self, counts: list[int], depth: int) -> Any:
         """A session on the full-length graph cut to ``depth`` layers (built once per depth)."""
         import onnxruntime as ort
 
-        from quala.export import FULL_GRAPH, truncate_graph
+        from quala.export import truncate_graph
 
         ref = self.la_config.reference_length
         if counts[:depth] != [ref] * depth:
@@ -165,21 +166,19 @@ class OnnxPredictor:
 _BACKENDS: dict[str, Any] = {"torch": TorchPredictor, "onnxruntime": OnnxPredictor}
 
 
-def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
+def load_predictor(model: str | Path | ModelDir, backend: str = "auto", threads: int | None = None) -> Predictor:
     """Load a model directory with the given backend (``auto``: what the directory's manifest says; for the
     built-in model, its int8 ONNX Runtime model, built on first use)."""
-    if str(path) == BUILTIN_MODEL and backend in ("auto", "onnxruntime"):
+    if backend not in ("auto", *_BACKENDS):
+        raise QualaError(f"unknown backend {backend!r}; choose one of {sorted(_BACKENDS)}")
+    if str(model) == BUILTIN_MODEL and backend in ("auto", "onnxruntime"):
         from quala.builtin import int8_model
 
-        path, backend = int8_model(), "onnxruntime"
+        model, backend = int8_model(), "onnxruntime"
+    model = ModelDir.resolve(model)
     if backend == "auto":
-        from quala.io import read_manifest
-
-        manifest = read_manifest(path) if Path(str(path)).is_dir() else None
-        backend = (manifest or {}).get("backend", "torch")
-    if backend not in _BACKENDS:
-        raise QualaError(f"unknown backend {backend!r}; choose one of {sorted(_BACKENDS)}")
-    return _BACKENDS[backend].from_pretrained(path, threads=threads)
+        backend = model.backend
+    return _BACKENDS[backend].from_pretrained(model, threads=threads)
 
 
 def run_logits(
@@ -239,19 +238,16 @@ class QAEngine:
         self.data_config = data_config or DataConfig()
         self.batch_size = batch_size
         self.full_macs = self.macs(None)
-        self.front = front or [FrontPoint(None, None, self.full_macs, None)]
+        self.front = front or full_length_front(self.full_macs)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path = BUILTIN_MODEL, backend: str = "auto", threads: int | None = None
+        cls, model: str | Path | ModelDir = BUILTIN_MODEL, backend: str = "auto", threads: int | None = None
     ) -> QAEngine:
         """Load a model (default: the built-in QuaLA-MiniLM) and the search front stored with it."""
-        from quala.model import resolve_model_path
-
-        predictor = load_predictor(path, backend=backend, threads=threads)
+        predictor = load_predictor(model, backend=backend, threads=threads)
         full = count_macs(predictor.model_config, predictor.la_config.reference_length).total
-        directory = Path(resolve_model_path(path, require_weights=False))
-        front = load_front(directory, full) if directory.is_dir() else None
+        front = read_front(ModelDir.resolve(model, require_weights=False).directory, full)
         return cls(predictor, front)
 
     @property

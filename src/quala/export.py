@@ -31,10 +31,9 @@ import torch
 from torch import nn
 
 from quala.errors import QualaError
-from quala.model import CONFIG_KEY, LengthAdaptiveQA, load_tokenizer
+from quala.model import LengthAdaptiveQA, load_tokenizer
+from quala.model_dir import FULL_GRAPH, LA_GRAPH, SEARCH_FILE, ModelDir, store_la_config
 
-LA_GRAPH = "model.onnx"
-FULL_GRAPH = "model_full.onnx"
 OPSET = 17
 FUSED_OPS = ("Attention", "SkipLayerNormalization")  # what the optimizer must produce on the full graph
 
@@ -175,7 +174,7 @@ def fuse_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, 
 
 def truncate_graph(path: str | Path, depth: int, num_layers: int) -> bytes:
     """The fused full-length graph cut to its first ``depth`` layers (a depth configuration, see
-    :func:`quala.model.depth_config`), serialized for an ONNX Runtime session.
+    :func:`quala.lengths.depth_config`), serialized for an ONNX Runtime session.
 
     A fused BERT layer ends in two ``SkipLayerNormalization`` nodes (after attention, after the FFN): the span head
     is rewired from the last layer's output to layer ``depth``'s, and nodes no graph output needs are removed, so
@@ -210,29 +209,28 @@ def truncate_graph(path: str | Path, depth: int, num_layers: int) -> bytes:
     return model.SerializeToString()
 
 
-def copy_model_files(source: str | Path, output: Path, model: LengthAdaptiveQA) -> None:
+def copy_model_files(source: ModelDir, output: Path, model: LengthAdaptiveQA) -> None:
     """config.json (with the length-adaptive settings), tokenizer files and search.json next to the graphs."""
-    from quala.model import resolve_model_path
-
-    setattr(model.config, CONFIG_KEY, dataclasses.asdict(model.la_config))
+    store_la_config(model.config, model.la_config)
     model.config.save_pretrained(output)
     load_tokenizer(source).save_pretrained(output)
-    src = Path(resolve_model_path(source))
-    if (src / "search.json").is_file():
-        shutil.copyfile(src / "search.json", output / "search.json")
+    search = source.file(SEARCH_FILE)
+    if search is not None:
+        shutil.copyfile(search, output / SEARCH_FILE)
 
 
 def export_model(
-    source: str | Path, output: str | Path, full_graph: bool = True, length_rule: str | None = None
+    source: str | Path | ModelDir, output: str | Path, full_graph: bool = True, length_rule: str | None = None
 ) -> ExportResult:
     """Export ``source`` (a model directory or ``packaged:minilm``) to an ONNX Runtime model directory.
 
     ``length_rule`` overrides the model's rule (the graph computes kept counts with it; see
     :class:`~quala.config.LengthAdaptiveConfig`), e.g. ``"clip"`` for the papers' protocol.
     """
-    from quala.io import write_manifest
+    from quala.model_dir import write_manifest
 
     output = Path(output)
+    source = ModelDir.resolve(source)
     model = LengthAdaptiveQA.from_pretrained(source)
     if length_rule is not None:
         model.la_config = dataclasses.replace(model.la_config, length_rule=length_rule)
@@ -244,7 +242,7 @@ def export_model(
             tmp,
             "export",
             backend="onnxruntime",
-            source=str(source),
+            source=source.name,
             dtype="fp32",
             graphs={"length_adaptive": LA_GRAPH, "full_length": FULL_GRAPH if full_graph else None},
             fusion=fusion,

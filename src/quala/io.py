@@ -1,8 +1,7 @@
-"""Atomic file output and stage manifests.
+"""Atomic file output, JSON reading and the machine description every result records.
 
-Every stage writes a directory (``save_pretrained`` style) plus a small ``manifest.json`` that says which stage
-wrote it, from what, and when. Files are written to a temporary name in the same directory and renamed into
-place, so an interrupted run never leaves a half-written artifact behind.
+Files are written to a temporary name in the same directory and renamed into place, so an interrupted run never
+leaves a half-written artifact behind. The ``manifest.json`` each stage writes is :mod:`quala.model_dir`'s.
 """
 
 from __future__ import annotations
@@ -12,12 +11,9 @@ import json
 import os
 import platform
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-MANIFEST = "manifest.json"
 
 
 @contextlib.contextmanager
@@ -166,17 +162,3 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_manifest(directory: str | os.PathLike, stage: str, **fields: Any) -> None:
-    """Write ``manifest.json``: the stage that produced ``directory``, its inputs and a timestamp."""
-    from quala import __version__
-
-    manifest = {"stage": stage, "quala_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    manifest.update(fields)
-    write_json_atomic(Path(directory) / MANIFEST, manifest)
-
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(directory) / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from quala.config import setting
 from quala.engine import Predictor
 from quala.errors import QualaError
 from quala.model import torch_threads
@@ -26,12 +27,13 @@ from quala.model import torch_threads
 class LatencyConfig:
     """How to time one length configuration."""
 
-    warmup: int = 2  # untimed passes first (allocator, caches, lazy initialisation)
-    repeats: int = 7  # timed passes; the median is reported
-    batch_size: int = 1
+    # untimed passes first (allocator, caches, lazy initialisation)
+    warmup: int = setting(2, "Untimed passes before timing.")
+    repeats: int = setting(7, "Timed passes per configuration (the median is reported).")
+    batch_size: int = setting(1, "Batch size when timing.")
     seq_length: int | None = None  # real tokens per row; None: the model's reference length (384)
     seed: int = 0  # of the synthetic token ids
-    threads: int | None = None  # intra-op threads while timing (None: the predictor's own setting)
+    threads: int | None = setting(None, "Threads when timing (default: the model's; use 1 on a shared machine).")
 
     def __post_init__(self) -> None:
         if self.warmup < 0:

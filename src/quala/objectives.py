@@ -16,7 +16,6 @@ log each term. Nothing here touches the optimizer; the trainer owns the loop (``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quala.errors import QualaError
+from quala.lengths import constant_ratio_gene, smallest_config
 
 
 def _masked(logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -284,14 +284,12 @@ class LengthDropSampler:
         self.rng = np.random.default_rng(seed)
 
     def _lower(self, prev: int) -> int:
-        return max(self.min_length, min(prev, math.ceil((1 - self.bound) * prev - 1e-9)))
+        """Fewest tokens a layer may keep after ``prev``: one constant-ratio step at the bound."""
+        return constant_ratio_gene(1, prev, self.bound, self.min_length)[0]
 
     def smallest(self) -> SubModel:
-        lengths, prev = [], self.reference_length
-        for _ in range(self.num_layers):
-            prev = self._lower(prev)
-            lengths.append(prev)
-        return SubModel(lengths, [], "smallest")
+        lengths = smallest_config(self.num_layers, self.reference_length, self.bound, self.min_length)
+        return SubModel(list(lengths), [], "smallest")
 
     def random(self, layer_drop: bool = True) -> SubModel:
         lengths, skips, prev = [], [], self.reference_length

@@ -15,45 +15,27 @@ import dataclasses
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from quala.benchmark import BenchmarkConfig
 from quala.config import from_dict, load_yaml, merge, save_resolved
+from quala.data import SquadData
 from quala.errors import QualaError
-from quala.io import read_json, write_json_atomic, write_manifest
+from quala.evaluate import EvaluateConfig
+from quala.io import read_json, write_json_atomic
+from quala.model_dir import ModelDir, write_manifest
+from quala.quantize import QuantizeConfig
 from quala.search import SearchConfig
-from quala.train import TrainConfig
+from quala.train_config import TrainConfig
 
 STAGES = ("finetune", "lengthdrop", "search", "quantize", "evaluate", "benchmark", "report")
+TRAINING = ("finetune", "lengthdrop")
 STATE_FILE = "pipeline.json"
 PACKAGE_PREFIX = "quala:"  # paths inside the installed package, e.g. quala:assets/demo/train.json
-
-
-@dataclass
-class QuantizeStage:
-    mode: str = "dynamic"  # dynamic | static
-    keep_fp32: str = "ffn-output"  # ffn-output | none (docs/inference.md: F1 against speed)
-    calibration_features: int = 100
-
-
-@dataclass
-class EvaluateStage:
-    max_examples: int | None = None  # validation questions for the fp32/int8 F1 table (None: all)
-    batch_size: int = 32
-
-
-@dataclass
-class BenchmarkStage:
-    max_examples: int | None = 100
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    protocols: list[str] = field(default_factory=lambda: ["serving", "papers"])
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        # resolved configs written before the papers' protocol got its clip rule name it "paper"
-        self.protocols = ["papers" if p == "paper" else p for p in self.protocols]
 
 
 @dataclass
@@ -77,9 +59,9 @@ class PipelineConfig:
     finetune: TrainConfig = field(default_factory=TrainConfig)
     lengthdrop: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    quantize: QuantizeStage = field(default_factory=QuantizeStage)
-    evaluate: EvaluateStage = field(default_factory=EvaluateStage)
-    benchmark: BenchmarkStage = field(default_factory=BenchmarkStage)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -104,6 +86,13 @@ def spread_configs(points: list[tuple[int, list[int]]], n: int | None) -> list[l
         free = [i for i in range(len(points)) if i not in picked]
         picked.append(min(free, key=lambda i: abs(points[i][0] - target)))
     return [points[i][1] for i in sorted(picked)]
+
+
+def trained_model_dir(root: Path, trained: Iterable[str]) -> Path | None:
+    """The model a run's later stages use, of the ``trained`` stages: the LengthDrop stage's, else the fine-tuned
+    one (None: neither)."""
+    trained = set(trained)
+    return next((root / stage for stage in ("lengthdrop", "finetune") if stage in trained), None)
 
 
 def preset_path(name: str) -> Path:
@@ -157,33 +146,25 @@ class Pipeline:
 
     def front_configs(self) -> list[list[int]]:
         """The front configurations (full length excluded) that the evaluate and benchmark stages measure."""
-        from transformers import AutoConfig
+        from quala.lengths import full_config
 
-        from quala.budget import load_front
-        from quala.quantize import reference_length
-
-        config = AutoConfig.from_pretrained(self.trained_model)
-        full = [reference_length(config)] * int(config.num_hidden_layers)  # the same model as full length
+        model = self.trained_model
+        full = list(full_config(model.num_layers, model.reference_length))  # the same model as full length
         points = [
-            (p.macs, p.length_config)
-            for p in load_front(self.trained_model, 0)
-            if p.length_config is not None and p.length_config != full
+            (p.macs, p.length_config) for p in model.front() if p.length_config is not None and p.length_config != full
         ]
         return spread_configs(points, self.config.front_points)
 
     @property
-    def num_layers(self) -> int:
-        from transformers import AutoConfig
+    def trained_model(self) -> ModelDir:
+        """The model the later stages use: the LengthDrop model, else the fine-tuned one, else the start."""
+        trained = trained_model_dir(self.root, [s for s in TRAINING if self.has(s)])
+        return ModelDir.resolve(trained if trained is not None else resolve_path(self.config.model))
 
-        return int(AutoConfig.from_pretrained(self.trained_model).num_hidden_layers)
+    def validation_data(self) -> SquadData:
+        from quala.data import load_squad
 
-    @property
-    def trained_model(self) -> Path:
-        """The model the later stages use: the LengthDrop model, else the fine-tuned one."""
-        for stage in ("lengthdrop", "finetune"):
-            if self.has(stage):
-                return self.dir(stage)
-        return Path(resolve_path(self.config.model))
+        return load_squad(self.validation_file, self.config.validation_articles)
 
     def run(self, progress: bool = True, rerun: tuple[str, ...] = ()) -> dict[str, Any]:
         """Run the configured stages; ``rerun`` names completed stages to run again."""
@@ -271,9 +252,8 @@ class Pipeline:
         from quala.search import search
 
         result, document = search(
-            str(self.trained_model),
-            self.validation_file,
-            self.config.validation_articles,
+            self.trained_model,
+            self.validation_data(),
             self.dir("search"),
             self.config.search,
             backend="torch",
@@ -285,91 +265,52 @@ class Pipeline:
         return {"num_evaluations": result.num_evaluations, "front_size": len(document["front"])}
 
     def _quantize(self, progress: bool) -> dict:
-        from quala.quantize import quantize_model
+        from quala.quantize import quantize
 
-        q = self.config.quantize
         out = self.dir("quantize")
         if out.exists():  # an interrupted quantization: start it again
             shutil.rmtree(out)
-        calibration = (self.validation_file, self.config.validation_articles) if q.mode == "static" else (None, None)
-        result = quantize_model(
-            str(self.trained_model), out, q.mode, calibration[0], calibration[1], q.keep_fp32, q.calibration_features
-        )
+        calibration = self.validation_data() if self.config.quantize.mode == "static" else None
+        result = quantize(self.trained_model, calibration, out, self.config.quantize)
         return {"size_mb": result.size_mb, "mode": result.mode}
+
+    def _measured(self, section: Any) -> Any:
+        """A stage section with what the pipeline decides: the front points, the baselines, the int8 model."""
+        int8 = str(self.dir("quantize")) if self.has("quantize") else None
+        return dataclasses.replace(
+            section, length_configs=self.front_configs(), baselines=self.config.baselines, int8_model=int8
+        )
 
     def _evaluate(self, progress: bool) -> dict:
         """Validation F1 of the fp32 and int8 models at full length and at the front points (``front_points``),
         and of the baselines (``baselines``) on the int8 model (fp32 without a quantize stage)."""
-        from quala.benchmark import baseline_specs
-        from quala.config import EvalConfig
-        from quala.data import load_squad
-        from quala.engine import load_predictor
-        from quala.evaluate import evaluate
+        from quala.evaluate import evaluate_stage
 
-        e = self.config.evaluate
-        data = load_squad(self.validation_file, self.config.validation_articles, e.max_examples)
-        fp32 = load_predictor(self.trained_model, backend="torch")
-        int8 = load_predictor(self.dir("quantize"), backend="auto") if self.has("quantize") else None
-        configs: list[list[int] | None] = [None, *self.front_configs()]  # full length first
-        rows = []
-        for name, predictor in (("fp32", fp32), ("int8", int8)):
-            if predictor is None:
-                continue
-            for lengths in configs:
-                result, _ = evaluate(predictor, data, lengths, EvalConfig(batch_size=e.batch_size), progress=progress)
-                rows.append({"model": name, "backend": predictor.backend, **result.to_dict()})
-                print(
-                    f"[evaluate] {name} {lengths or 'full'}: F1 {result.f1:.2f} EM {result.exact_match:.2f}", flush=True
-                )
-        name, predictor = ("int8", int8) if int8 is not None else ("fp32", fp32)
-        specs = baseline_specs(self.num_layers, predictor.la_config.reference_length)
-        for baseline, data_config, lengths in specs if self.config.baselines == "all" else []:
-            settings = EvalConfig(batch_size=e.batch_size, data=data_config)
-            result, _ = evaluate(predictor, data, lengths, settings, progress=progress)
-            rows.append(
-                {
-                    "model": name,
-                    "backend": predictor.backend,
-                    "baseline": baseline,
-                    "max_seq_length": data_config.max_seq_length,
-                    "doc_stride": data_config.doc_stride,
-                    **result.to_dict(),
-                }
-            )
-            print(f"[evaluate] {name} {baseline}: F1 {result.f1:.2f} EM {result.exact_match:.2f}", flush=True)
-        out = self.dir("evaluate")
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "evaluation.json", {"data": data.describe(), "rows": rows})
-        write_manifest(out, "evaluate", model=str(self.trained_model), data=data.describe())
-        return {"rows": len(rows)}
+        settings = self._measured(self.config.evaluate)
+        document = evaluate_stage(self.trained_model, self.validation_data(), self.dir("evaluate"), settings, progress)
+        return {"rows": len(document["rows"])}
 
     def _benchmark(self, progress: bool) -> dict:
         from quala.benchmark import benchmark
 
-        b = self.config.benchmark
-        int8 = str(self.dir("quantize")) if self.has("quantize") else None
-        configs = self.front_configs()
-        result = benchmark(
-            str(self.trained_model),
-            self.validation_file,
-            self.dir("benchmark"),
-            self.config.validation_articles,
-            b.max_examples,
-            b.batch_sizes,
-            b.protocols,
-            None,
-            configs or None,
-            None,
-            int8,
-            b.threads,
-            "MiniLM",
-            progress,
-            self.config.baselines,
-        )
+        settings = self._measured(self.config.benchmark)
+        if not settings.length_configs:  # no front point besides full length: the model's own (empty) front
+            settings.length_configs = None
+        result = benchmark(self.trained_model, self.validation_data(), self.dir("benchmark"), settings, progress)
         return {"rows": len(result.rows)}
 
     def _report(self, progress: bool) -> dict:
-        from quala.report import write_report
+        from quala.report import ReportInputs, write_report
 
-        path = write_report(self.root, self.config, self.state)
+        model = self.trained_model
+        inputs = ReportInputs(
+            evaluation=self.dir("evaluate"),
+            benchmark=self.dir("benchmark") if self.has("benchmark") else None,
+            search=self.dir("search") if self.has("search") else None,
+            metrics={s: self.dir(s) / "metrics.jsonl" for s in ("finetune", "lengthdrop")},
+            threads={s: getattr(self.config, s).threads or 1 for s in ("finetune", "lengthdrop")},
+            num_layers=model.num_layers,
+            reference_length=model.reference_length,
+        )
+        path = write_report(self.dir("report"), inputs, self.config, self.state)
         return {"report": str(path)}

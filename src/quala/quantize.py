@@ -10,8 +10,7 @@ become per-channel symmetric int8; embeddings, LayerNorm and the softmax stay fp
 
 The length configuration is a run-time input, so it applies after quantization (as in the reference). The FFN
 output projections see activation outliers (post-GELU inputs quantized per tensor): by default
-``keep_fp32="ffn-output"`` leaves them in fp32, which kept the trained SQuAD-mini model within 1 F1 of fp32
-where quantizing them too lost 1.25 F1 (docs/inference.md).
+``keep_fp32="ffn-output"`` leaves them in fp32 (the accuracy each choice costs is measured in docs/inference.md).
 """
 
 from __future__ import annotations
@@ -24,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quala.data import SquadData, load_squad
+from quala.data import SquadData
 from quala.errors import QualaError
-from quala.export import FULL_GRAPH, LA_GRAPH, export_model, staging_dir
-from quala.io import read_manifest, write_manifest
+from quala.export import export_model, staging_dir
+from quala.model_dir import FULL_GRAPH, LA_GRAPH, MANIFEST, ModelDir, write_manifest
 
 MODES = ("dynamic", "static")
 KEEP_FP32 = ("none", "ffn-output")
@@ -35,8 +34,25 @@ CALIBRATION_FEATURES = 100
 
 
 @dataclass
+class QuantizeConfig:
+    """Settings of the quantize stage."""
+
+    mode: str = "dynamic"  # dynamic: activations quantized at run time | static: QDQ graph, calibrated ranges
+    keep_fp32: str = "ffn-output"  # ffn-output: FFN output projections stay fp32 (docs/inference.md) | none
+    calibration_features: int = CALIBRATION_FEATURES  # static mode: features whose activations set the ranges
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise QualaError(f"unknown quantization mode {self.mode!r}; choose one of {list(MODES)}")
+        if self.keep_fp32 not in KEEP_FP32:
+            raise QualaError(f"--keep-fp32 must be one of {list(KEEP_FP32)}, got {self.keep_fp32!r}")
+        if self.calibration_features < 1:
+            raise QualaError(f"the number of calibration features must be >= 1, got {self.calibration_features}")
+
+
+@dataclass
 class QuantizeResult:
-    """What :func:`quantize_model` wrote."""
+    """What :func:`quantize` wrote."""
 
     directory: Path
     mode: str
@@ -136,39 +152,31 @@ def quantize_graph(
     )
 
 
-def quantize_model(
-    model: str | Path,
+def quantize(
+    model: str | Path | ModelDir,
+    data: SquadData | None,
     output: str | Path,
-    mode: str = "dynamic",
-    calibration_file: str | None = None,
-    calibration_articles: str | None = None,
-    keep_fp32: str = "ffn-output",
-    num_calibration_features: int = CALIBRATION_FEATURES,
+    config: QuantizeConfig | None = None,
 ) -> QuantizeResult:
-    """Quantize a model directory (PyTorch safetensors or an fp32 ONNX export) into an int8 ONNX directory."""
-    from transformers import AutoConfig
-
-    if mode not in MODES:
-        raise QualaError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
-    if keep_fp32 not in KEEP_FP32:
-        raise QualaError(f"--keep-fp32 must be one of {list(KEEP_FP32)}, got {keep_fp32!r}")
-    if mode == "static" and calibration_file is None:
+    """The quantize stage: a model directory (PyTorch safetensors or an fp32 ONNX export) into an int8 ONNX
+    directory. ``data``: the calibration questions (static mode only; their first features are used)."""
+    settings = config or QuantizeConfig()
+    mode, keep_fp32, num_calibration_features = settings.mode, settings.keep_fp32, settings.calibration_features
+    if mode == "static" and data is None:
         raise QualaError("--mode static needs --calibration-file (SQuAD JSON) to calibrate activation ranges")
-    if mode == "dynamic" and calibration_file is not None:
+    if mode == "dynamic" and data is not None:
         raise QualaError("--calibration-file only applies to --mode static")
-    if num_calibration_features < 1:
-        raise QualaError(f"the number of calibration features must be >= 1, got {num_calibration_features}")
-    squad = load_squad(calibration_file, calibration_articles, num_calibration_features) if calibration_file else None
+    squad = data
     output = Path(output)
-    manifest = read_manifest(model) if Path(str(model)).is_dir() else None
-    if manifest is not None and manifest.get("dtype") == "int8":
-        raise QualaError(f"{model} is already quantized; pass the fp32 model directory")
+    model = ModelDir.resolve(model)
+    if model.is_int8:
+        raise QualaError(f"{model.name} is already quantized; pass the fp32 model directory")
     with tempfile.TemporaryDirectory(prefix="quala-export-") as scratch:
-        if Path(str(model)).is_dir() and (Path(str(model)) / LA_GRAPH).is_file():
-            fp32 = Path(str(model))
+        if model.is_onnx:
+            fp32_model = model
         else:  # a PyTorch directory: export it first
-            fp32 = export_model(model, Path(scratch) / "fp32").directory
-        config = AutoConfig.from_pretrained(fp32)
+            fp32_model = ModelDir.resolve(export_model(model, Path(scratch) / "fp32").directory)
+        fp32, config = fp32_model.directory, fp32_model.hf_config
         graphs = [g for g in (LA_GRAPH, FULL_GRAPH) if (fp32 / g).is_file()]
         with staging_dir(output) as tmp:
             excluded = 0
@@ -186,11 +194,11 @@ def quantize_model(
                         num_calibration_features,
                         names,
                         int(config.num_hidden_layers),
-                        reference_length(config),
+                        fp32_model.reference_length,
                     )
                 quantize_graph(fp32 / graph, tmp / graph, mode, exclude, calibration)
             for item in fp32.iterdir():
-                if item.name not in (LA_GRAPH, FULL_GRAPH, "manifest.json") and item.is_file():
+                if item.name not in (LA_GRAPH, FULL_GRAPH, MANIFEST) and item.is_file():
                     shutil.copyfile(item, tmp / item.name)
             size_mb = sum((tmp / g).stat().st_size for g in graphs) / 1e6
             write_manifest(
@@ -198,13 +206,13 @@ def quantize_model(
                 "quantize",
                 backend="onnxruntime",
                 dtype="int8",
-                source=str(model),
+                source=model.name,
                 mode=mode,
                 keep_fp32=keep_fp32,
                 per_channel=True,
                 calibration={
-                    "file": calibration_file,
-                    "articles": calibration_articles,
+                    "file": squad.source,
+                    "articles": squad.articles,
                     "features": num_calibration_features,
                 }
                 if mode == "static"
@@ -212,10 +220,3 @@ def quantize_model(
                 graphs=graphs,
             )
     return QuantizeResult(output, mode, graphs, excluded, round(size_mb, 2))
-
-
-def reference_length(config) -> int:
-    """The length-adaptive reference length stored in a Hugging Face config (384 when absent)."""
-    from quala.model import CONFIG_KEY
-
-    return int((getattr(config, CONFIG_KEY, None) or {}).get("reference_length", 384))

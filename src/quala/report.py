@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def build_rows(evaluation: dict[str, Any], bench: dict[str, Any] | None) -> list
                     "model": "BERT-base (random weights)",
                     "backend": row["backend"],
                     "length_config": None,
-                    "layers": 12,
+                    "reference": True,  # its own architecture: no token counts of the model's to show
                     "f1": None,
                     "exact_match": None,
                     "macs": row["macs"],
@@ -156,31 +157,71 @@ def comparison_section(bench: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
-    """Write ``report/REPORT.md``, ``report/report.json`` and copy the plots next to them."""
-    root = Path(root)
-    out = root / "report"
+@dataclass
+class ReportInputs:
+    """What the report reads: the stages' output directories (the pipeline names them) and the model's shape."""
+
+    evaluation: Path  # holds evaluation.json
+    benchmark: Path | None  # holds benchmark.json, benchmark.md, f1_vs_latency.png
+    search: Path | None  # holds search.json, pareto.png
+    metrics: dict[str, Path]  # training stage -> its metrics.jsonl, in training order
+    threads: dict[str, int]  # training stage -> CPU threads it used (for core-hours)
+    num_layers: int
+    reference_length: int
+
+
+def write_report(out: Path, inputs: ReportInputs, config: Any, state: dict[str, Any]) -> Path:
+    """Write ``REPORT.md`` and ``report.json`` into ``out`` and copy the plots and the front next to them."""
+    from quala.evaluate import EVALUATION_FILE
+    from quala.model_dir import SEARCH_FILE
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    evaluation = read_json(root / "evaluate" / "evaluation.json")
-    bench_path = root / "benchmark" / "benchmark.json"
-    bench = read_json(bench_path) if bench_path.is_file() else None
-    search_path = root / "search" / "search.json"
-    search = read_json(search_path) if search_path.is_file() else None
+    evaluation = read_json(inputs.evaluation / EVALUATION_FILE)
+    bench_path = inputs.benchmark / "benchmark.json" if inputs.benchmark is not None else None
+    bench = read_json(bench_path) if bench_path is not None and bench_path.is_file() else None
     rows = build_rows(evaluation, bench)
-    layers = (search or {}).get("settings", {}).get("num_layers", 6)
-    ref = (search or {}).get("settings", {}).get("reference_length", 384)
+    curves = learning_curves(inputs.metrics, inputs.threads)
     plots = []
-    curves = learning_curves(
-        {name: root / name / "metrics.jsonl" for name in ("finetune", "lengthdrop")},
-        {name: getattr(getattr(config, name, None), "threads", None) or 1 for name in ("finetune", "lengthdrop")},
-    )
     if curves["points"] and plot_learning_curves(curves, out / "learning_curves.png"):
         plots.append("learning_curves.png")
-    for src in (root / "search" / "pareto.png", root / "benchmark" / "f1_vs_latency.png"):
-        if src.is_file():
-            shutil.copyfile(src, out / src.name)
-            plots.append(src.name)
-    data = evaluation["data"]
+    copies = [(inputs.search, "pareto.png"), (inputs.benchmark, "f1_vs_latency.png")]
+    copies += [(inputs.benchmark, "benchmark.json"), (inputs.benchmark, "benchmark.md"), (inputs.search, SEARCH_FILE)]
+    for directory, name in copies:
+        if directory is not None and (directory / name).is_file():
+            shutil.copyfile(directory / name, out / name)
+            plots += [name] if name.endswith(".png") else []
+    top = headline(rows)
+    lines = _summary_lines(config, evaluation["data"], rows, inputs) + _operating_point_lines(top)
+    if bench:
+        m = bench["machine"]
+        isa = ", ".join(m.get("isa_flags") or []) or "unknown ISA"
+        lines += [
+            "",
+            f"Latency: one `quala benchmark` run on {m.get('cpu')} ({isa}; {m.get('cores')} cores, "
+            f"{m.get('threads')} threads), serving protocol (real lengths), batch 1, median; the full "
+            "benchmark (batch 32, papers protocol) is in `benchmark.md`.",
+        ]
+        lines += comparison_section(bench)
+    lines += ["", "## Stage wall times", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {info['seconds']} |" for name, info in state["completed"].items()]
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    document = {
+        "config": to_dict(config),
+        "rows": rows,
+        "operating_point": top,
+        "stages": state["completed"],
+        "data": evaluation["data"],
+        "learning_curves": curves,
+    }
+    write_json_atomic(out / "report.json", document)
+    path = out / "REPORT.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _summary_lines(config: Any, data: dict[str, Any], rows: list[dict[str, Any]], inputs: ReportInputs) -> list[str]:
+    """The note, what was trained and validated on, and the table of every row."""
     lines = ["# QuaLA pipeline report", ""]
     if getattr(config, "note", ""):
         lines += [f"> {config.note}", ""]
@@ -195,63 +236,33 @@ def write_report(root: Path, config: Any, state: dict[str, Any]) -> Path:
     ]
     for r in rows:
         windows = r.get("baseline") and not r["length_config"]  # the model column names the shorter windows
-        tokens = "full" if windows else _tokens(r["length_config"], ref, r.get("layers", layers))
+        full = windows or r.get("reference")
+        tokens = "full" if full else _tokens(r["length_config"], inputs.reference_length, inputs.num_layers)
         lines.append(
             f"| {r['model']} | {r['backend']} | {fmt(r['size_mb'], 1)} | {tokens} "
             f"| {fmt(r['f1'])} | {fmt(r['exact_match'])} | {fmt(r['latency_ms'], 1)} | {fmt(r['macs'] / 1e9, 3)} "
             f"| {fmt(r['speedup_vs_bert_base'], 2)} | {fmt(r['speedup_vs_minilm_fp32'], 2)} |"
         )
-    top = headline(rows)
-    if top:
-        lines += [
-            "",
-            "**Operating point** (the cheapest int8 token-dropping configuration within "
-            f"{top['tolerance']:g} F1 of the full-length fp32 model's {top['fp32_full_f1']:.2f}): "
-            f"`{','.join(map(str, top['length_config']))}`, F1 {top['f1']:.2f}, "
-            f"{top['macs'] / 1e9:.3f} GMACs, {fmt(top['latency_ms'], 1)} ms; "
-            f"{fmt(top['speedup_vs_minilm_fp32'])}x MiniLM fp32 eager, "
-            f"{fmt(top['speedup_vs_int8_full_length'])}x int8 without token dropping, "
-            f"{fmt(top['speedup_vs_bert_base'])}x BERT-base.",
-        ]
-    else:
-        lines += [
+    return lines
+
+
+def _operating_point_lines(top: dict[str, Any] | None) -> list[str]:
+    if top is None:
+        return [
             "",
             f"No int8 token-dropping configuration is within {OPERATING_POINT_TOLERANCE:g} F1 of the "
             "full-length fp32 model.",
         ]
-    if bench:
-        m = bench["machine"]
-        isa = ", ".join(m.get("isa_flags") or []) or "unknown ISA"
-        lines += [
-            "",
-            f"Latency: one `quala benchmark` run on {m.get('cpu')} ({isa}; {m.get('cores')} cores, "
-            f"{m.get('threads')} threads), serving protocol (real lengths), batch 1, median; the full "
-            "benchmark (batch 32, papers protocol) is in `benchmark.md`.",
-        ]
-        lines += comparison_section(bench)
-    lines += ["", "## Stage wall times", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {info['seconds']} |" for name, info in state["completed"].items()]
-    lines += [""] + [f"![{p}]({p})" for p in plots]
-    if bench_path.is_file():
-        shutil.copyfile(bench_path, out / "benchmark.json")
-        if (root / "benchmark" / "benchmark.md").is_file():
-            shutil.copyfile(root / "benchmark" / "benchmark.md", out / "benchmark.md")
-    if search_path.is_file():
-        shutil.copyfile(search_path, out / "search.json")
-    write_json_atomic(
-        out / "report.json",
-        {
-            "config": to_dict(config),
-            "rows": rows,
-            "operating_point": top,
-            "stages": state["completed"],
-            "data": data,
-            "learning_curves": curves,
-        },
-    )
-    path = out / "REPORT.md"
-    write_text_atomic(path, "\n".join(lines) + "\n")
-    return path
+    return [
+        "",
+        "**Operating point** (the cheapest int8 token-dropping configuration within "
+        f"{top['tolerance']:g} F1 of the full-length fp32 model's {top['fp32_full_f1']:.2f}): "
+        f"`{','.join(map(str, top['length_config']))}`, F1 {top['f1']:.2f}, "
+        f"{top['macs'] / 1e9:.3f} GMACs, {fmt(top['latency_ms'], 1)} ms; "
+        f"{fmt(top['speedup_vs_minilm_fp32'])}x MiniLM fp32 eager, "
+        f"{fmt(top['speedup_vs_int8_full_length'])}x int8 without token dropping, "
+        f"{fmt(top['speedup_vs_bert_base'])}x BERT-base.",
+    ]
 
 
 def learning_curves(metrics: dict[str, Path], threads: dict[str, int]) -> dict[str, Any]:

@@ -10,11 +10,10 @@ One loop serves every mode:
   start and end logits; each pass has its own backward, losses divided by the number of passes, one clip and
   one optimizer step (sandwich rule, Yu & Huang 2019).
 
-Checkpoints (``checkpoints/step-N/``) hold the model (safetensors), the optimizer state (safetensors + JSON),
-the scheduler, RNG states and the data position, and are written to a temporary directory that is renamed into
-place, so ``--resume`` always finds a complete one. The output directory itself holds the model with the best
-full-length validation F1 (or the last one without validation), which ``quala evaluate`` and
-``quala answer`` load directly.
+The settings are :mod:`quala.train_config`; checkpoints and ``--resume`` are :mod:`quala.checkpoint`. The output
+directory holds the model with the best full-length validation F1 (or the last one without validation), which
+``quala evaluate`` and ``quala answer`` load directly. The module is one loop (:class:`Trainer`) and its builder,
+a little over 500 lines: splitting the loop would spread one training step over several files.
 """
 
 from __future__ import annotations
@@ -23,21 +22,22 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from quala.config import DataConfig, EvalConfig, save_resolved
+from quala.checkpoint import CHECKPOINTS, Parts, resume_checkpoint, save_checkpoint, save_model_files
+from quala.config import EvalConfig, save_resolved
 from quala.data import Features, SquadData, collate, length_grouped_batches, load_squad, prepare_features
-from quala.engine import SpanLogits, TorchPredictor
+from quala.engine import TorchPredictor
 from quala.errors import QualaError
-from quala.io import machine_info, write_json_atomic, write_manifest
+from quala.io import machine_info
 from quala.model import LengthAdaptiveQA, load_tokenizer
+from quala.model_dir import write_manifest
 from quala.objectives import (
     IntermediateKD,
     LengthDropSampler,
@@ -48,184 +48,9 @@ from quala.objectives import (
     answer_relevance,
     default_layer_map,
 )
+from quala.train_config import KDConfig, TrainConfig
 
-CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
-STATE = "trainer_state.json"
-
-
-# ------------------------------------------------------------------------------------------------ config
-@dataclass
-class KDConfig:
-    """Knowledge distillation from a teacher (TinyBERT §3.1; Dynamic-TinyBERT §3)."""
-
-    teacher: str | None = None  # teacher model directory or hub name; None: no distillation
-    alpha: float = 0.5  # loss = (1 - alpha) * hard + alpha * prediction KD
-    temperature: float = 1.0
-    loss: str = "kl"  # "kl" | "soft_ce"
-    intermediate: bool = False  # add hidden-state and attention MSE
-    hidden_weight: float = 1.0
-    attention_weight: float = 1.0
-    layer_map: list[int] | None = None  # teacher layer (1-based) per student layer; default i*N_t/N_s
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise QualaError(f"kd.alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise QualaError(f"kd.temperature must be > 0, got {self.temperature}")
-        if self.loss not in ("kl", "soft_ce"):
-            raise QualaError(f"kd.loss must be 'kl' or 'soft_ce', got {self.loss!r}")
-        if self.hidden_weight < 0 or self.attention_weight < 0:
-            raise QualaError("kd.hidden_weight and kd.attention_weight must be >= 0")
-
-
-@dataclass
-class LengthDropConfig:
-    """LengthDrop with the sandwich rule, in-place distillation and LayerDrop (LAT §3.1–3.3)."""
-
-    enabled: bool = False
-    bound: float = 0.2  # length-drop ratio bound: each layer keeps >= ceil((1 - bound) * previous)
-    num_sandwich: int = 2  # random sub-models per batch, besides the full and the smallest
-    layer_drop_prob: float = 0.2  # LayerDrop probability for the random sub-models
-    inplace_distillation: bool = True  # sub-models learn the full model's start/end distributions
-
-    def __post_init__(self) -> None:
-        if not 0 < self.bound < 1:
-            raise QualaError(f"length_drop.bound must be in (0, 1), got {self.bound}")
-        if self.num_sandwich < 0:
-            raise QualaError(f"length_drop.num_sandwich must be >= 0, got {self.num_sandwich}")
-        if not 0 <= self.layer_drop_prob < 1:
-            raise QualaError(f"length_drop.layer_drop_prob must be in [0, 1), got {self.layer_drop_prob}")
-
-
-@dataclass
-class ScorerConfig:
-    """Learned token significance (``significance: learned``): how its scorer is trained (docs/training.md)."""
-
-    weight: float = 1.0  # weight of the scorer loss beside the span losses
-    window: int = 15  # tokens around the full model's answer that count as relevant
-    question_weight: float = 0.2  # share of the target spread over the question segment
-    lr: float | None = None  # the scorer's own learning rate (a fresh linear head learns faster); None: lr
-
-    def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise QualaError(f"scorer.weight must be >= 0, got {self.weight}")
-        if self.window < 1:
-            raise QualaError(f"scorer.window must be >= 1, got {self.window}")
-        if not 0 <= self.question_weight < 1:
-            raise QualaError(f"scorer.question_weight must be in [0, 1), got {self.question_weight}")
-        if self.lr is not None and self.lr <= 0:
-            raise QualaError(f"scorer.lr must be > 0, got {self.lr}")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved as ``quala_config.yaml`` in the output directory."""
-
-    model: str = ""
-    output_dir: str = ""
-    train_files: list[str] = field(default_factory=list)
-    train_articles: list[str] = field(default_factory=list)  # one A:B per train file ("" or ":" = all)
-    eval_file: str | None = None
-    eval_articles: str | None = None
-    max_train_examples: int | None = None  # first N questions of the training data
-    max_eval_examples: int | None = None  # evenly spaced subset of the validation questions during training
-    epochs: float = 2.0
-    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 8  # features per device per micro-batch
-    grad_accum: int = 1
-    lr: float = 3e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (GPU)
-    pad_to_max_length: bool = False  # pad every batch to max_seq_length instead of dynamic padding
-    freeze_word_embeddings: bool = False  # no gradient and no optimizer state for the (V, D) word embeddings
-    # torch.compile the per-layer FFN and attention-output blocks (dynamic shapes); the Drop-and-Restore
-    # control flow stays eager, so sub-models with new length configurations do not recompile
-    compile: bool = False
-    # "learned": convert the model to learned token significance (a new scorer unless it has one)
-    significance: str | None = None
-    trainable: str = "all"  # "all" | "scorer": train only the token scorer, the encoder and span head frozen
-    threads: int | None = None  # CPU threads for torch
-    log_every: int = 10
-    eval_every: int | None = None  # optimizer steps between validations (None: end of each epoch)
-    # stop once this many validations in a row have not beaten the best score of `select` (None: run to the end);
-    # the output directory keeps the best model either way
-    patience: int | None = None
-    # validation score that picks the saved model: "full" F1, the "smallest" sub-model's, or their "mean"
-    # (LengthDrop); default "smallest" when only the scorer trains (the full model cannot change), else "full"
-    select: str | None = None
-    eval_batch_size: int = 32
-    save_every: int = 200  # optimizer steps between checkpoints
-    keep_checkpoints: int = 2
-    resume: bool = False
-    progress: bool = True
-    data: DataConfig = field(default_factory=DataConfig)
-    kd: KDConfig = field(default_factory=KDConfig)
-    length_drop: LengthDropConfig = field(default_factory=LengthDropConfig)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
-            (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
-            (
-                self.mixed_precision in ("no", "bf16", "fp16"),
-                f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}",
-            ),
-            (self.log_every >= 1 and self.save_every >= 1, "log_every and save_every must be >= 1"),
-            (
-                self.eval_every is None or self.eval_every >= 1,
-                f"eval_every must be >= 1, got {self.eval_every}",
-            ),
-            (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (
-                self.significance in (None, "attention", "learned"),
-                f"significance must be 'attention' or 'learned', got {self.significance!r}",
-            ),
-            (self.trainable in ("all", "scorer"), f"trainable must be 'all' or 'scorer', got {self.trainable!r}"),
-            (
-                self.select in (None, "full", "smallest", "mean"),
-                f"select must be 'full', 'smallest' or 'mean', got {self.select!r}",
-            ),
-            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
-            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
-            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
-            (
-                self.max_train_examples is None or self.max_train_examples >= 1,
-                "max_train_examples must be >= 1",
-            ),
-            (self.max_eval_examples is None or self.max_eval_examples >= 1, "max_eval_examples must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise QualaError(message)
-        if self.train_articles and len(self.train_articles) != len(self.train_files):
-            raise QualaError(
-                f"give one --train-articles per --train-file ({len(self.train_files)} files, "
-                f"{len(self.train_articles)} article ranges); use ':' for all articles"
-            )
-
-    def check_io(self) -> None:
-        """Checks that need the run's inputs: call before loading anything."""
-        if not self.model:
-            raise QualaError("--model is required")
-        if not self.output_dir:
-            raise QualaError("--output-dir is required")
-        if not self.train_files:
-            raise QualaError("--train-file is required")
-        for path in [*self.train_files, *([self.eval_file] if self.eval_file else [])]:
-            if path.endswith(".json") and not Path(path).is_file():
-                raise QualaError(f"data file not found: {path}")
-        if self.eval_articles and not self.eval_file:
-            raise QualaError("--eval-articles needs --eval-file")
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -242,21 +67,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-class DevicePredictor(TorchPredictor):
-    """TorchPredictor that moves batches to the model's device (the trainer's model may live on a GPU)."""
-
-    @torch.inference_mode()
-    def logits(self, batch: dict[str, np.ndarray], length_config) -> SpanLogits:
-        device = next(self.model.parameters()).device
-        out = self.model(
-            torch.from_numpy(batch["input_ids"]).to(device),
-            torch.from_numpy(batch["attention_mask"]).to(device),
-            torch.from_numpy(batch["token_type_ids"]).to(device) if "token_type_ids" in batch else None,
-            length_config=length_config,
-        )
-        return SpanLogits(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy())
-
-
 def load_train_data(config: TrainConfig) -> list[SquadData]:
     articles = config.train_articles or [None] * len(config.train_files)
     return [load_squad(f, a if a not in ("", ":") else None) for f, a in zip(config.train_files, articles, strict=True)]
@@ -282,48 +92,41 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@contextlib.contextmanager
-def _quiet_hf():
-    """No Hugging Face progress bars while saving (they would break the training bar)."""
-    from transformers.utils import logging as hf_logging
+def intermediate_kd(model: LengthAdaptiveQA, teacher: LengthAdaptiveQA, kd: KDConfig) -> IntermediateKD:
+    """Hidden-state and attention distillation, student layer i against teacher layer ``layer_map[i]``."""
+    n_s, n_t = model.num_layers, teacher.num_layers
+    layer_map = kd.layer_map or default_layer_map(n_s, n_t)
+    if len(layer_map) != n_s or not all(1 <= t <= n_t for t in layer_map):
+        raise QualaError(f"kd.layer_map must give one teacher layer in 1..{n_t} per student layer ({n_s})")
+    return IntermediateKD(
+        model.config.hidden_size, teacher.config.hidden_size, layer_map, kd.hidden_weight, kd.attention_weight
+    )
 
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
 
-
-# -------------------------------------------------------------------------------- optimizer state I/O
-def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    """Optimizer state as safetensors (tensors) + JSON (hyper-parameters): no pickle."""
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    tensors = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, entry in state["state"].items():
-        for name, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+def adamw(
+    modules: list[torch.nn.Module],
+    lr: float,
+    weight_decay: float,
+    own_lr: tuple[list[torch.nn.Parameter], float] = ([], 0.0),
+) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights (Devlin et al. 2019); ``own_lr`` gives some
+    parameters (the learned token scorer) a learning rate of their own, without weight decay."""
+    special = {id(p) for p in own_lr[0]}
+    decay, no_decay, own = [], [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            if id(p) in special:
+                own.append(p)
             else:
-                scalars.setdefault(str(idx), {})[name] = value
-    save_file(tensors, str(directory / "optimizer.safetensors"))
-    write_json_atomic(directory / "optimizer.json", {"param_groups": state["param_groups"], "scalars": scalars})
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(directory / "optimizer.safetensors"))
-    meta = json.loads((directory / "optimizer.json").read_text(encoding="utf-8"))
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    for idx, entry in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(entry)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+                (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": own, "weight_decay": 0.0, "lr": own_lr[1]},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -361,17 +164,7 @@ class Trainer:
         self.scorer_loss = TokenScorerLoss() if model.scorer is not None else None
         self.intermediate: IntermediateKD | None = None
         if teacher is not None and config.kd.intermediate:
-            n_s, n_t = model.num_layers, teacher.num_layers
-            layer_map = config.kd.layer_map or default_layer_map(n_s, n_t)
-            if len(layer_map) != n_s or not all(1 <= t <= n_t for t in layer_map):
-                raise QualaError(f"kd.layer_map must give one teacher layer in 1..{n_t} per student layer ({n_s})")
-            self.intermediate = IntermediateKD(
-                model.config.hidden_size,
-                teacher.config.hidden_size,
-                layer_map,
-                config.kd.hidden_weight,
-                config.kd.attention_weight,
-            )
+            self.intermediate = intermediate_kd(model, teacher, config.kd)
         self.sampler = LengthDropSampler(
             model.num_layers, model.la_config.reference_length, ld.bound, ld.layer_drop_prob, seed=config.seed
         )
@@ -390,24 +183,9 @@ class Trainer:
             for layer in model.layers:
                 for block in (layer.attention.output, layer.intermediate, layer.output):
                     block.compile(dynamic=True)
-        decay, no_decay, scorer = [], [], []
-        scorer_ids = {id(p) for p in model.scorer.parameters()} if model.scorer is not None else set()
         modules = [model] + ([self.intermediate] if self.intermediate is not None else [])
-        for module in modules:
-            for name, p in module.named_parameters():
-                if not p.requires_grad:
-                    continue
-                if id(p) in scorer_ids:
-                    scorer.append(p)
-                else:
-                    (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        if scorer:
-            groups.append({"params": scorer, "weight_decay": 0.0, "lr": config.scorer.lr or config.lr})
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+        scorer = list(model.scorer.parameters()) if model.scorer is not None else []
+        optimizer = adamw(modules, config.lr, config.weight_decay, own_lr=(scorer, config.scorer.lr or config.lr))
         acc = self.accelerator
         self.micro_per_epoch = len(self._epoch_batches(0))
         self.steps_per_epoch = max(1, self.micro_per_epoch // config.grad_accum)
@@ -592,18 +370,9 @@ class Trainer:
             batches = self._epoch_batches(self.epoch)
             usable = len(batches) // cfg.grad_accum * cfg.grad_accum or len(batches)
             while self.micro < usable and self.step < self.total_steps:
-                group = batches[self.micro : self.micro + cfg.grad_accum]
-                step_logs = []
-                for k, indices in enumerate(group):
-                    step_logs.append(self._micro_batch(indices, sync=k == len(group) - 1))
-                    window_examples += len(indices) * acc.num_processes
-                acc.clip_grad_norm_(self._trainable(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.micro += len(group)
-                self.step += 1
-                window.append({k: float(np.mean([s[k] for s in step_logs])) for k in step_logs[0]})
+                logged, examples = self._optimizer_step(batches[self.micro : self.micro + cfg.grad_accum])
+                window.append(logged)
+                window_examples += examples
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     seconds = time.perf_counter() - window_t0
@@ -621,12 +390,7 @@ class Trainer:
                     total_examples += window_examples
                     window, window_examples, window_t0 = [], 0, time.perf_counter()
                 t_pause = time.perf_counter()  # validation and checkpoints do not count towards throughput
-                end_of_epoch = self.micro >= usable
-                if (
-                    (cfg.eval_every and self.step % cfg.eval_every == 0)
-                    or (not cfg.eval_every and end_of_epoch)
-                    or self.step == self.total_steps
-                ):
+                if self._validation_due(end_of_epoch=self.micro >= usable):
                     self._validate()
                 if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                     self._save_checkpoint()
@@ -654,6 +418,27 @@ class Trainer:
             round(total_examples / max(seconds - paused, 1e-9), 3),
             str(self.out),
         )
+
+    def _optimizer_step(self, group: list[list[int]]) -> tuple[dict[str, float], int]:
+        """One optimizer step over the micro-batches of ``group``: the logged terms (mean over the micro-batches)
+        and the training features it took, all processes together."""
+        acc = self.accelerator
+        step_logs, examples = [], 0
+        for k, indices in enumerate(group):
+            step_logs.append(self._micro_batch(indices, sync=k == len(group) - 1))
+            examples += len(indices) * acc.num_processes
+        acc.clip_grad_norm_(self._trainable(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.micro += len(group)
+        self.step += 1
+        return {k: float(np.mean([s[k] for s in step_logs])) for k in step_logs[0]}, examples
+
+    def _validation_due(self, end_of_epoch: bool) -> bool:
+        cfg = self.config
+        every = cfg.eval_every and self.step % cfg.eval_every == 0
+        return bool(every or (not cfg.eval_every and end_of_epoch) or self.step == self.total_steps)
 
     def _plateaued(self, steps_per_epoch: int) -> bool:
         """True once ``patience`` validations in a row have not improved the best validation score."""
@@ -684,7 +469,7 @@ class Trainer:
             from quala.evaluate import evaluate
 
             model = acc.unwrap_model(self.model)
-            predictor = DevicePredictor(model, self.tokenizer)
+            predictor = TorchPredictor(model, self.tokenizer)
             eval_cfg = EvalConfig(batch_size=self.config.eval_batch_size, data=self.config.data)
             full, _ = evaluate(predictor, self.eval_data, None, eval_cfg)
             record: dict[str, Any] = {
@@ -715,112 +500,30 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _save_model(self, directory: Path) -> None:
-        with _quiet_hf():
-            self._save_model_files(directory)
-
-    def _save_model_files(self, directory: Path) -> None:
-        """Model + tokenizer, each file replaced atomically; the manifest is written last."""
-        model = self.accelerator.unwrap_model(self.model)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".tmp-model-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        for item in tmp.iterdir():
-            os.replace(item, directory / item.name)
-        tmp.rmdir()
+        save_model_files(self.accelerator.unwrap_model(self.model), self.tokenizer, directory)
 
     def _save_checkpoint(self) -> None:
-        acc = self.accelerator
-        root = self.out / CHECKPOINTS
-        final = root / f"step-{self.step}"
-        tmp = root / f".tmp-step-{self.step}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            with _quiet_hf():
-                acc.unwrap_model(self.model).save_pretrained(tmp)
-            save_optimizer(self.optimizer, tmp)
-            write_json_atomic(tmp / "scheduler.json", self.scheduler.state_dict())
-            if self.intermediate is not None:
-                from safetensors.torch import save_file
-
-                save_file(
-                    {k: v.contiguous() for k, v in acc.unwrap_model(self.intermediate).state_dict().items()},
-                    str(tmp / "objectives.safetensors"),
-                )
-        acc.wait_for_everyone()
-        self._save_rng(tmp / f"rng-{acc.process_index}.safetensors")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {
-                "step": self.step,
-                "epoch": self.epoch,
-                "micro_batch": self.micro,
-                "best_f1": self.best_f1,
-                "best_step": self.best_step,
-                "sampler": self.sampler.state(),
-                "num_processes": acc.num_processes,
-                "total_steps": self.total_steps,
-            }
-            write_json_atomic(tmp / STATE, state)  # written last: marks the checkpoint complete
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in sorted(self._checkpoints())[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old[1], ignore_errors=True)
-        acc.wait_for_everyone()
-
-    def _save_rng(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"torch_cuda_{i}"] = s
-        save_file(tensors, str(path))
-
-    def _checkpoints(self) -> list[tuple[int, Path]]:
-        root = self.out / CHECKPOINTS
-        if not root.is_dir():
-            return []
-        found = []
-        for d in root.glob("step-*"):
-            if (d / STATE).is_file() and d.name[5:].isdigit():
-                found.append((int(d.name[5:]), d))
-        return found
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro_batch": self.micro,
+            "best_f1": self.best_f1,
+            "best_step": self.best_step,
+            "sampler": self.sampler.state(),
+            "num_processes": self.accelerator.num_processes,
+            "total_steps": self.total_steps,
+        }
+        parts = Parts(self.model, self.optimizer, self.scheduler, self.intermediate)
+        save_checkpoint(self.accelerator, self.out, parts, state, self.config.keep_checkpoints)
 
     def _resume(self) -> None:
-        from safetensors.torch import load_file, load_model
-
-        found = self._checkpoints()
-        if not found:
-            if self.accelerator.is_main_process:
-                print(f"--resume: no checkpoint in {self.out / CHECKPOINTS}, starting from scratch", flush=True)
+        parts = Parts(self.model, self.optimizer, self.scheduler, self.intermediate)
+        state = resume_checkpoint(self.accelerator, self.out, parts)
+        if state is None:
             return
-        step, ckpt = max(found)
-        state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
-        if state["num_processes"] != self.accelerator.num_processes:
-            raise QualaError(
-                f"checkpoint {ckpt} was written by {state['num_processes']} processes; resume with "
-                f"the same number (got {self.accelerator.num_processes})"
-            )
-        model = self.accelerator.unwrap_model(self.model)
-        load_model(model.hf, str(ckpt / "model.safetensors"), device="cpu")
-        load_optimizer(self.optimizer, ckpt)
-        self.scheduler.load_state_dict(json.loads((ckpt / "scheduler.json").read_text(encoding="utf-8")))
-        if self.intermediate is not None:
-            self.accelerator.unwrap_model(self.intermediate).load_state_dict(
-                load_file(str(ckpt / "objectives.safetensors"))
-            )
-        rng = load_file(str(ckpt / f"rng-{self.accelerator.process_index}.safetensors"))
-        torch.set_rng_state(rng["torch_cpu"])
-        if torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")])
         self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro_batch"]
         self.best_f1, self.best_step = state["best_f1"], state["best_step"]
         self.sampler.set_state(state["sampler"])
-        if self.accelerator.is_main_process:
-            print(f"resumed from {ckpt} (step {step})", flush=True)
 
     def _finish(self) -> None:
         acc = self.accelerator
