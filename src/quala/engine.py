@@ -79,6 +79,27 @@ class TorchPredictor:
         return SpanLogits(out.start_logits.numpy(), out.end_logits.numpy())
 
 
+def session_options(threads: int | None, spinning: bool = False):
+    """The ONNX Runtime session options every QuaLA session uses: ``threads`` intra-op threads (default: all
+    cores), sequential execution, every graph optimization.
+
+    ``spinning``: worker threads spin-wait between the operators *of one run* and stop when it returns
+    (``session.force_spinning_stop``), so a graph of many small operators does not pay a thread wake-up per
+    operator, and idle sessions (the other graphs of one process, a server between requests) do not steal the
+    cores. Without it, threads sleep between operators too.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
 class OnnxPredictor:
     """ONNX Runtime backend over an exported (fp32 or int8) model directory (see :mod:`quala.export`).
 
@@ -89,7 +110,7 @@ class OnnxPredictor:
 
     backend = "onnxruntime"
 
-    def __init__(self, directory: str | Path, threads: int | None = None):
+    def __init__(self, directory: str | Path, threads: int | None = None, spinning: bool = False):
         import onnxruntime as ort
         from transformers import AutoConfig
 
@@ -101,18 +122,13 @@ class OnnxPredictor:
         if not (directory / LA_GRAPH).is_file():
             raise QualaError(f"{directory} has no {LA_GRAPH}; create it with quala export or quala quantize")
         self.directory = directory
-        self.threads = threads
+        self.threads, self.spinning = threads, spinning
         self.model_config = AutoConfig.from_pretrained(directory)
         stored = getattr(self.model_config, CONFIG_KEY, None) or {}
         where = f"{directory}/config.json:{CONFIG_KEY}"
         self.la_config = from_dict(LengthAdaptiveConfig, stored, where=where)
         self.tokenizer = load_tokenizer(directory)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads, spinning)
         providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(directory / LA_GRAPH), options, providers=providers)
         full = directory / FULL_GRAPH
