@@ -104,8 +104,8 @@ class OnnxPredictor:
     """ONNX Runtime backend over an exported (fp32 or int8) model directory (see :mod:`quala.export`).
 
     ``model.onnx`` runs any length configuration (an int64 graph input); ``model_full.onnx``, when present,
-    serves full-length requests with fused attention. Both sessions share the thread settings and do not
-    spin-wait, so they do not steal each other's cores.
+    serves full-length requests with fused attention. Both sessions share the thread settings of
+    :func:`session_options`, under which an idle session never spin-waits, so they do not steal each other's cores.
     """
 
     backend = "onnxruntime"
