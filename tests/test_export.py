@@ -52,11 +52,13 @@ def _torch_logits(model, batch, length_config):
 
 @pytest.fixture(scope="module", params=["bert", "roberta", "bert-learned"])
 def exported(request, tmp_path_factory):
-    """The one length-adaptive graph of a tiny model; ``-learned``: significance from the learned scorer."""
+    """The one length-adaptive graph of a tiny model, with the optional SkipLayerNorm/BiasGelu fusion;
+    ``-learned``: significance from the learned scorer (exported unfused, as the engine serves it)."""
     family, _, significance = request.param.partition("-")
     la_config = LengthAdaptiveConfig(significance=significance or "attention")
     model = LengthAdaptiveQA(tiny_hf_qa(family, vocab_size=1000), la_config).eval()
-    path = export_length_adaptive(model, tmp_path_factory.mktemp(f"onnx-{request.param}") / "model.onnx")
+    path = tmp_path_factory.mktemp(f"onnx-{request.param}") / "model.onnx"
+    path = export_length_adaptive(model, path, fuse=not significance)
     return family, model, _session(path)
 
 
@@ -81,6 +83,20 @@ def test_length_adaptive_graph_moves_whole_rows(tmp_path):
     assert ops.count("TopK") == ops.count("ScatterND") == model.num_layers
     assert "ScatterElements" not in ops
     assert ops.count("ReduceSum") <= 1  # the real-length count only; significance is a MatMul
+
+
+def test_length_adaptive_graph_is_fused_except_attention(tmp_path):
+    """Residual + LayerNorm and bias + GELU are fused in every layer; attention is not (significance reads its
+    probabilities), so each layer keeps its Softmax."""
+    model = LengthAdaptiveQA(tiny_hf_qa("bert", vocab_size=1000)).eval()
+    ops = [n.op_type for n in onnx.load(str(export_length_adaptive(model, tmp_path / "m.onnx", fuse=True))).graph.node]
+    assert ops.count("SkipLayerNormalization") == 2 * model.num_layers
+    assert ops.count("BiasGelu") == model.num_layers
+    assert ops.count("Softmax") == model.num_layers and "Attention" not in ops
+    plain = [
+        n.op_type for n in onnx.load(str(export_length_adaptive(model, tmp_path / "p.onnx", fuse=False))).graph.node
+    ]
+    assert "SkipLayerNormalization" not in plain  # the control: the fusion comes from the optimizer
 
 
 def test_one_session_runs_two_length_configs(exported):

@@ -79,17 +79,38 @@ class TorchPredictor:
         return SpanLogits(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy())
 
 
+def session_options(threads: int | None, spinning: bool = False):
+    """The ONNX Runtime session options every QuaLA session uses: ``threads`` intra-op threads (default: all
+    cores), sequential execution, every graph optimization.
+
+    ``spinning``: worker threads spin-wait between the operators *of one run* and stop when it returns
+    (``session.force_spinning_stop``), so a graph of many small operators does not pay a thread wake-up per
+    operator, and idle sessions (the other graphs of one process, a server between requests) do not steal the
+    cores. Without it, threads sleep between operators too.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
 class OnnxPredictor:
     """ONNX Runtime backend over an exported (fp32 or int8) model directory (see :mod:`quala.export`).
 
     ``model.onnx`` runs any length configuration (an int64 graph input); ``model_full.onnx``, when present,
-    serves full-length requests with fused attention. Both sessions share the thread settings and do not
-    spin-wait, so they do not steal each other's cores.
+    serves full-length requests with fused attention. Both sessions share the thread settings of
+    :func:`session_options`, under which an idle session never spin-waits, so they do not steal each other's cores.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, model: str | Path | ModelDir, threads: int | None = None):
+    def __init__(self, model: str | Path | ModelDir, threads: int | None = None, spinning: bool = False):
         import onnxruntime as ort
 
         model = ModelDir.resolve(model, require_weights=False)
@@ -97,16 +118,11 @@ class OnnxPredictor:
         if not (directory / LA_GRAPH).is_file():
             raise QualaError(f"{directory} has no {LA_GRAPH}; create it with quala export or quala quantize")
         self.directory = directory
-        self.threads = threads
+        self.threads, self.spinning = threads, spinning
         self.model_config = model.hf_config
         self.la_config = model.la_config
         self.tokenizer = load_tokenizer(model)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads, spinning)
         providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(directory / LA_GRAPH), options, providers=providers)
         full = directory / FULL_GRAPH

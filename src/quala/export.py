@@ -36,6 +36,7 @@ from quala.model_dir import FULL_GRAPH, LA_GRAPH, SEARCH_FILE, ModelDir, store_l
 
 OPSET = 17
 FUSED_OPS = ("Attention", "SkipLayerNormalization")  # what the optimizer must produce on the full graph
+LA_FUSED_OPS = ("SkipLayerNormalization", "BiasGelu")  # ... and on the length-adaptive graph
 
 
 @dataclass
@@ -113,8 +114,13 @@ def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> Non
         )
 
 
-def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path) -> Path:
-    """Export the Drop-and-Restore model with ``length_config`` (int64, (N,)) as a graph input."""
+def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path, fuse: bool = False) -> Path:
+    """Export the Drop-and-Restore model with ``length_config`` (int64, (N,)) as a graph input.
+
+    ``fuse``: run the transformer optimizer with attention fusion off (see :data:`LA_FUSED_OPS`): every
+    residual + LayerNorm becomes ``SkipLayerNormalization`` and every bias + GELU ``BiasGelu``; attention stays
+    unfused, since significance needs its probabilities.
+    """
     path = Path(path)
     names = _input_names(model)
     dummy = _dummy_inputs(model, names)
@@ -124,6 +130,8 @@ def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path) -> Path:
     module = _LengthAdaptiveGraph(model.eval(), "token_type_ids" in names)
     with torch.no_grad():
         _export(module, (*dummy.values(), counts), [*names, "length_config"], path)
+    if fuse:
+        fuse_graph(path, int(model.config.num_attention_heads), int(model.config.hidden_size), attention=False)
     return path
 
 
@@ -149,13 +157,18 @@ def export_full_length(model: LengthAdaptiveQA, path: str | Path, optimize: bool
     return fuse_graph(path, int(model.config.num_attention_heads), int(model.config.hidden_size))
 
 
-def fuse_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Run the transformer optimizer in place on a full-length BERT-style graph; return its fusion counts."""
+def fuse_graph(path: str | Path, num_heads: int, hidden_size: int, attention: bool = True) -> dict[str, int]:
+    """Run the transformer optimizer in place on a BERT-style graph; return its fusion counts.
+
+    ``attention=False`` (the length-adaptive graph) leaves attention and the embeddings unfused: the fused
+    ``Attention`` has no probabilities output, and ``EmbedLayerNormalization`` would expect the full-length mask.
+    """
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     options = FusionOptions("bert")
     options.enable_gelu_approximation = False  # keep the exact GELU: no accuracy change
+    options.enable_attention = options.enable_embed_layer_norm = attention
     opt = optimizer.optimize_model(
         str(path),
         model_type="bert",
@@ -165,7 +178,7 @@ def fuse_graph(path: str | Path, num_heads: int, hidden_size: int) -> dict[str, 
         opt_level=0,
     )
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items()}
-    missing = [op for op in FUSED_OPS if stats.get(op, 0) == 0]
+    missing = [op for op in (FUSED_OPS if attention else LA_FUSED_OPS) if stats.get(op, 0) == 0]
     if missing:
         raise QualaError(f"ONNX Runtime did not fuse {missing} in {path}; export with eager attention, opset {OPSET}")
     opt.save_model_to_file(str(path))
