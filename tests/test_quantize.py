@@ -206,3 +206,40 @@ def test_quantize_defaults_agree_across_cli_pipeline_and_api():
     assert PipelineConfig().quantize == QuantizeConfig()
     for f in dataclasses.fields(QuantizeConfig):
         assert f.default == options[f.name].default, f.name
+
+
+def test_learned_significance_model_quantizes_and_keeps_its_scorer_in_fp32(tiny_model_dir, tmp_path):
+    """int8 of a learned-significance model: the scorer's vector-weight MatMuls stay fp32 (ONNX Runtime's int8
+    MatMul refused them at run time: 'b zero point is not valid'), everything else is quantized, and dropped
+    configurations run and keep the fp32 model's answers on most rows."""
+    import onnx
+    import torch
+
+    from quala.engine import TorchPredictor
+    from quala.model import LengthAdaptiveQA, load_tokenizer
+    from quala.quantize import vector_weight_nodes
+
+    src = tmp_path / "learned"
+    learned = LengthAdaptiveQA.from_pretrained(tiny_model_dir).with_significance("learned")
+    learned.save_pretrained(src)
+    load_tokenizer(tiny_model_dir).save_pretrained(src)
+    out = tmp_path / "int8"
+    quantize(src, None, out)
+    graph = onnx.load(str(out / "model.onnx"))
+    scorer_matmuls = [n for n in graph.graph.node if n.op_type == "MatMul" and "quala_scorer" in n.name]
+    assert len(scorer_matmuls) == learned.num_layers  # one fp32 GEMV a layer, found by vector_weight_nodes
+    assert vector_weight_nodes(out / "model.onnx") == [n.name for n in scorer_matmuls]
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.graph.node)
+    rng = np.random.default_rng(0)
+    batch = {
+        "input_ids": rng.integers(1000, 5000, size=(4, 40)).astype(np.int64),
+        "attention_mask": np.ones((4, 40), dtype=np.int64),
+        "token_type_ids": (np.arange(40)[None, :] >= 10).astype(np.int64).repeat(4, 0),
+    }
+    dropped = [300, 200, 150, 100]
+    int8 = OnnxPredictor(out).logits(batch, dropped)
+    with torch.no_grad():
+        ref = TorchPredictor(LengthAdaptiveQA.from_pretrained(src), None).logits(batch, dropped)
+    assert np.isfinite(int8.start).all()
+    agree = (int8.start.argmax(-1) == ref.start.argmax(-1)).mean()
+    assert agree >= 0.5, agree

@@ -74,6 +74,20 @@ def ffn_output_nodes(graph_path: Path, intermediate_size: int) -> list[str]:
     ]
 
 
+def vector_weight_nodes(graph_path: Path) -> list[str]:
+    """MatMuls with a 1-D constant weight: the learned token scorer's GEMVs (``significance: learned``). ONNX
+    Runtime's per-channel int8 MatMul cannot take a vector weight, and a scorer costs D MACs a token: keep fp32."""
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and len(n.input) > 1 and len(shapes.get(n.input[1], (0, 0))) == 1
+    ]
+
+
 class _CalibrationReader:
     """Feeds calibration features one at a time (real lengths, full length configuration)."""
 
@@ -183,6 +197,7 @@ def quantize(
             for graph in graphs:
                 exclude = ffn_output_nodes(fp32 / graph, config.intermediate_size) if keep_fp32 == "ffn-output" else []
                 excluded = len(exclude)
+                exclude += vector_weight_nodes(fp32 / graph)
                 calibration = None
                 if mode == "static":
                     import onnxruntime as ort
