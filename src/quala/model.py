@@ -135,14 +135,12 @@ class LengthAdaptiveQA(nn.Module):
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
         hf.eval()
-        if la_config is None:
-            la_config = la_config_of(hf.config, where=f"{path}/config.json:{CONFIG_KEY}")
-        stored = getattr(hf.config, CONFIG_KEY, None) or {}
+        stored = la_config_of(hf.config, where=f"{path}/config.json:{CONFIG_KEY}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            qa = cls(hf, la_config)
+            qa = cls(hf, la_config or stored)
         if qa.scorer is not None:
-            _load_scorer(qa.scorer, Path(path), required=stored.get("significance") == "learned")
+            _load_scorer(qa.scorer, Path(path), required=stored.significance == "learned")
         return qa
 
     def with_significance(self, significance: str, seed: int = 0) -> LengthAdaptiveQA:
@@ -230,15 +228,7 @@ class LengthAdaptiveQA(nn.Module):
                     store.append(value)
             if drop:
                 keep = keep_counts(n_i, real, alive_count, rule, ref)  # (B,)
-                if learned:
-                    sig = scores.detach().masked_fill(~mask, torch.finfo(scores.dtype).min)
-                else:
-                    # significance = attention received, summed over heads and alive queries (LAT §3.2) as one
-                    # GEMV over (head, query) rows, faster in ONNX Runtime than Mul + ReduceSum (docs/inference.md)
-                    H, n = probs.shape[1], probs.shape[-1]
-                    weights = mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # (B, 1, H*n): alive queries
-                    sig = torch.matmul(weights, probs.reshape(B, H * n, n)).squeeze(1)  # (B, n)
-                    sig = sig.masked_fill(~mask, -1.0)  # padding and dropped slots go first
+                sig = _significance(scores, probs, mask)  # (B, n)
                 k = keep.max() if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else int(keep.max())
                 idx = sig.topk(k, dim=-1).indices  # (B, k), most significant first
                 attn_out = _take_rows(attn_out, idx)  # (B, k, D)
@@ -321,6 +311,18 @@ def _alive_positions(positions: torch.Tensor, mask: torch.Tensor, B: int, L: int
     alive = torch.zeros(B, L + 1, dtype=torch.bool, device=positions.device)
     sink = torch.where(mask, positions, torch.full_like(positions, L))
     return alive.scatter(1, sink, True)[:, :L]
+
+
+def _significance(scores: torch.Tensor | None, probs: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """Rank of each slot for top-k (B, n); padding and dropped slots go first. The learned scorer's logits when
+    given, else the attention each token receives, summed over heads and alive queries (LAT §3.2), as one GEMV
+    over (head, query) rows, faster in ONNX Runtime than Mul + ReduceSum (docs/inference.md)."""
+    if scores is not None:
+        return scores.detach().masked_fill(~mask, torch.finfo(scores.dtype).min)
+    B, H, n = probs.shape[0], probs.shape[1], probs.shape[-1]
+    weights = mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # (B, 1, H*n): alive queries, per head
+    sig = torch.matmul(weights, probs.reshape(B, H * n, n)).squeeze(1)  # (B, n)
+    return sig.masked_fill(~mask, -1.0)
 
 
 def _load_scorer(scorer: TokenScorer, path: Path, required: bool) -> None:
