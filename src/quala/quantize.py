@@ -61,31 +61,28 @@ class QuantizeResult:
     size_mb: float
 
 
-def ffn_output_nodes(graph_path: Path, intermediate_size: int) -> list[str]:
-    """The MatMuls whose constant weight is (intermediate_size, hidden): the FFN output projections."""
+def _matmul_weights(graph_path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """Each MatMul whose second input is a constant, with that weight's shape."""
     import onnx
 
     model = onnx.load(str(graph_path), load_external_data=False)
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     return [
-        n.name
+        (n.name, shapes[n.input[1]])
         for n in model.graph.node
-        if n.op_type == "MatMul" and len(n.input) > 1 and shapes.get(n.input[1], (None,))[0] == intermediate_size
+        if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in shapes
     ]
+
+
+def ffn_output_nodes(graph_path: Path, intermediate_size: int) -> list[str]:
+    """The MatMuls whose constant weight is (intermediate_size, hidden): the FFN output projections."""
+    return [name for name, shape in _matmul_weights(graph_path) if shape[:1] == (intermediate_size,)]
 
 
 def vector_weight_nodes(graph_path: Path) -> list[str]:
     """MatMuls with a 1-D constant weight: the learned token scorer's GEMVs (``significance: learned``). ONNX
     Runtime's per-channel int8 MatMul cannot take a vector weight, and a scorer costs D MACs a token: keep fp32."""
-    import onnx
-
-    model = onnx.load(str(graph_path), load_external_data=False)
-    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul" and len(n.input) > 1 and len(shapes.get(n.input[1], (0, 0))) == 1
-    ]
+    return [name for name, shape in _matmul_weights(graph_path) if len(shape) == 1]
 
 
 class _CalibrationReader:
