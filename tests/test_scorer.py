@@ -9,6 +9,7 @@ import torch
 from conftest import DEMO_DIR, tiny_config, tiny_hf_qa
 from safetensors.torch import load_file
 from test_model import padded_batch
+from test_train import _config
 
 from quala.config import LengthAdaptiveConfig, from_dict
 from quala.errors import QualaError
@@ -113,21 +114,10 @@ def test_training_only_the_scorer_leaves_the_encoder_bit_identical(tmp_path, min
     src = tmp_path / "src"
     LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=2))).save_pretrained(src)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(src)
-    values = dict(
-        model=str(src),
-        output_dir=str(tmp_path / "out"),
-        train_files=[str(DEMO_DIR / "train.json")],
-        max_train_examples=24,
-        batch_size=4,
-        max_steps=4,
-        lr=1e-2,
-        threads=1,
-        progress=False,
-        significance="learned",
-        trainable="scorer",
-        data={"max_seq_length": 128, "doc_stride": 64, "max_query_length": 32},
+    config = _config(
+        src, tmp_path / "out", max_train_examples=24, max_steps=4, lr=1e-2, significance="learned", trainable="scorer"
     )
-    trainer = build_trainer(from_dict(TrainConfig, values))
+    trainer = build_trainer(config)
     initial = trainer.model.scorer.weight.detach().clone()
     trainer.train()
     before = load_file(str(src / "model.safetensors"))
@@ -150,22 +140,16 @@ def test_trainable_scorer_needs_learned_significance(tmp_path, tiny_model_dir):
 def test_scorer_has_its_own_learning_rate_and_lengthdrop_trains_it(tmp_path, tiny_model_dir):
     """scorer.lr puts exactly the scorer's parameters in a group of their own; a LengthDrop step with learned
     significance moves both the scorer and the encoder."""
-    values = dict(
-        model=str(tiny_model_dir),
-        output_dir=str(tmp_path / "o"),
-        train_files=[str(DEMO_DIR / "train.json")],
+    config = _config(
+        tiny_model_dir,
+        tmp_path / "o",
         max_train_examples=16,
-        batch_size=4,
         max_steps=2,
-        lr=1e-3,
-        threads=1,
-        progress=False,
         significance="learned",
         scorer={"lr": 5e-2},
         length_drop={"enabled": True, "num_sandwich": 1},
-        data={"max_seq_length": 128, "doc_stride": 64, "max_query_length": 32},
     )
-    trainer = build_trainer(from_dict(TrainConfig, values))
+    trainer = build_trainer(config)
     model = trainer.model
     scorer_group = [g for g in trainer.optimizer.param_groups if any(p is model.scorer.weight for p in g["params"])]
     assert len(scorer_group) == 1 and len(scorer_group[0]["params"]) == 2
