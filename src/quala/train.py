@@ -11,9 +11,10 @@ One loop serves every mode:
   one optimizer step (sandwich rule, Yu & Huang 2019).
 
 The settings are :mod:`quala.train_config`; checkpoints and ``--resume`` are :mod:`quala.checkpoint`. The output
-directory holds the model with the best full-length validation F1 (or the last one without validation), which
-``quala evaluate`` and ``quala answer`` load directly. The module is one loop (:class:`Trainer`) and its builder,
-a little over 500 lines: splitting the loop would spread one training step over several files.
+directory holds the model with the best validation F1 (the full model's, or as ``select`` says; the last one
+without validation), which ``quala evaluate`` and ``quala answer`` load directly. The module is one loop
+(:class:`Trainer`) and its builder, a little over 500 lines: splitting the loop would spread one training step
+over several files.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class TrainConfig:
     train_articles: list[str] = setting(
         help="Article range A:B for each --train-file, in the same order (':' = all).", default_factory=list
     )
-    eval_file: str | None = setting(None, "Validation file (best model = best full-length F1).")
+    eval_file: str | None = setting(None, "Validation file (the best model by --select is kept).")
     eval_articles: str | None = setting(None, "Article range A:B of --eval-file, e.g. 32:40.")
     max_train_examples: int | None = setting(None, "Use the first N training questions.")
     max_eval_examples: int | None = setting(None, "Validate on N evenly spaced questions during training.")
