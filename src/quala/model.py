@@ -1,7 +1,8 @@
 """The length-adaptive question-answering model: any BERT/RoBERTa-family encoder with Drop-and-Restore.
 
 Drop-and-Restore (Kim & Cho 2021, LAT §3.2 and §4.1): layer ``i`` runs self-attention on the tokens still
-alive, scores each token by the attention probability it *receives* (summed over heads and alive queries),
+alive, scores each token by the attention probability it *receives* (summed over heads and alive queries) or,
+with ``significance: learned``, by a learned linear scorer on the attention output (docs/training.md),
 keeps the top ``n_i`` tokens per row for its feed-forward network, and drops the rest. A full-length buffer,
 initialised with the embedding output, receives every surviving token's newest state after each layer, so a
 token dropped at layer ``i`` reaches the span head with its layer ``i-1`` state. Padding receives no attention
@@ -185,20 +186,14 @@ class LengthAdaptiveQA(nn.Module):
         B, L = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        mask = attention_mask.bool()  # (B, n) alive tokens in the current (gathered) order
         if length_config is not None and not isinstance(length_config, torch.Tensor):
             validate_length_config(length_config, self.num_layers)
-        h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, L, D)
-        D = h.shape[-1]
-        real = mask.sum(-1)  # (B,) real tokens of each row
-        alive_count = real
-        positions = torch.arange(L, device=h.device).expand(B, L)  # (B, n) original index of each slot
-        buffer = None  # (B, L+1, D) restore buffer; slot L is a sink for masked slots. None while nothing dropped
-        rule, ref = self.la_config.length_rule, self.la_config.reference_length
         learned = self.scorer is not None
         if output_token_scores and not learned:
             raise QualaError("output_token_scores needs a model with significance 'learned'")
-        prev = ref
+        h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, L, D)
+        kept = _Kept.of(attention_mask.bool(), B, L)
+        prev = self.la_config.reference_length
         hiddens = [h] if output_hidden_states else None
         attns = [] if output_attentions else None
         alive_out = [] if output_hidden_states else None
@@ -207,49 +202,33 @@ class LengthAdaptiveQA(nn.Module):
             if i in skip_layers:
                 if hiddens is not None:
                     hiddens.append(hiddens[-1])
-                    alive_out.append(alive_out[-1] if alive_out else mask)
+                    alive_out.append(alive_out[-1] if alive_out else kept.mask)
                 continue
-            if length_config is None:
-                n_i, drop = None, False
-            elif isinstance(length_config, torch.Tensor):
-                n_i, drop = length_config[i], True
-            else:
-                n_i, drop = int(length_config[i]), int(length_config[i]) < prev
+            n_i, drop = _target_length(length_config, i, prev)
+            if n_i is not None and not isinstance(n_i, torch.Tensor):
                 prev = n_i
                 if n_i == 0:  # a depth configuration: this layer and every later one are skipped
                     break
-            need_probs = (drop and not learned) or output_attentions
-            attn_out, probs = self._attention(layer, h, mask, need_probs=need_probs)
+            attn_out, probs = self._attention(
+                layer, h, kept.mask, need_probs=(drop and not learned) or output_attentions
+            )
             if attns is not None:
                 attns.append(probs)
             scores = self.scorer(attn_out, i) if learned and (drop or scores_out is not None) else None  # (B, n)
             if scores_out is not None:
-                for store, value in zip(scores_out, (scores, positions, mask)):
+                for store, value in zip(scores_out, (scores, kept.positions, kept.mask)):
                     store.append(value)
             if drop:
-                keep = keep_counts(n_i, real, alive_count, rule, ref)  # (B,)
-                sig = _significance(scores, probs, mask)  # (B, n)
-                k = keep.max() if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else int(keep.max())
-                idx = sig.topk(k, dim=-1).indices  # (B, k), most significant first
-                attn_out = _take_rows(attn_out, idx)  # (B, k, D)
-                positions = positions.gather(1, idx)
-                ranks = torch.arange(idx.shape[1], device=h.device)
-                mask = ranks[None, :] < keep[:, None]  # (B, k): the first keep[b] slots of row b are alive
-                alive_count = keep
-                if buffer is None:
-                    buffer = torch.cat([h, h.new_zeros(B, 1, D)], dim=1)  # states before this layer
+                attn_out = kept.drop(attn_out, h, n_i, _significance(scores, probs, kept.mask), self.la_config)
             h = layer.output(layer.intermediate(attn_out), attn_out)  # FFN on kept tokens only
-            if buffer is not None:
-                sink = torch.where(mask, positions, torch.full_like(positions, L))  # (B, k)
-                buffer = _put_rows(buffer, sink, h)
+            kept.restore(h)
             if hiddens is not None:
-                hiddens.append(h if buffer is None else buffer[:, :L])
-                alive_out.append(_alive_positions(positions, mask, B, L))
-        sequence = h if buffer is None else buffer[:, :L]  # (B, L, D)
+                hiddens.append(kept.restored(h))
+                alive_out.append(_alive_positions(kept.positions, kept.mask, B, L))
         if hiddens is not None:  # skipped layers (a depth configuration) pass their input through
             hiddens += [hiddens[-1]] * (self.num_layers + 1 - len(hiddens))
-            alive_out += [alive_out[-1] if alive_out else mask] * (self.num_layers - len(alive_out))
-        logits = self.qa_outputs(sequence)  # (B, L, 2)
+            alive_out += [alive_out[-1] if alive_out else kept.mask] * (self.num_layers - len(alive_out))
+        logits = self.qa_outputs(kept.restored(h))  # (B, L, 2)
         start_logits, end_logits = logits.unbind(dim=-1)
         return LengthAdaptiveQAOutput(
             start_logits=start_logits.contiguous(),
@@ -284,6 +263,65 @@ class LengthAdaptiveQA(nn.Module):
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=attn.scaling)
         ctx = ctx.transpose(1, 2).reshape(B, n, H * dh)  # (B, n, D)
         return layer.attention.output(ctx, h), probs
+
+
+def _target_length(length_config: LengthConfig, i: int, prev: int) -> tuple[int | torch.Tensor | None, bool]:
+    """Layer ``i``'s token count and whether it drops tokens (a tensor config always runs the drop step)."""
+    if length_config is None:
+        return None, False
+    if isinstance(length_config, torch.Tensor):
+        return length_config[i], True
+    n_i = int(length_config[i])
+    return n_i, n_i < prev
+
+
+@dataclass
+class _Kept:
+    """Drop-and-Restore bookkeeping (LAT §3.2): which original positions the gathered sequence holds, which of
+    its slots are alive, and the full-length restore buffer (None until the first drop)."""
+
+    positions: torch.Tensor  # (B, n) original index of each slot
+    mask: torch.Tensor  # (B, n) alive slots
+    real: torch.Tensor  # (B,) real tokens of each input row
+    alive: torch.Tensor  # (B,) alive slots now
+    length: int  # L, the input length
+    buffer: torch.Tensor | None = None  # (B, L+1, D); slot L is a sink for masked slots
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, B: int, L: int) -> _Kept:
+        """Nothing dropped yet; ``B, L`` come from the input ids (one shape lookup in an exported graph)."""
+        real = mask.sum(-1)
+        return cls(torch.arange(L, device=mask.device).expand(B, L), mask, real, real, L)
+
+    def drop(
+        self,
+        attn_out: torch.Tensor,
+        h: torch.Tensor,
+        n_i: int | torch.Tensor,
+        sig: torch.Tensor,
+        la: LengthAdaptiveConfig,
+    ) -> torch.Tensor:
+        """Keep each row's most significant tokens; ``h`` (the states before this layer) seeds the buffer."""
+        keep = keep_counts(n_i, self.real, self.alive, la.length_rule, la.reference_length)  # (B,)
+        k = keep.max() if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else int(keep.max())
+        idx = sig.topk(k, dim=-1).indices  # (B, k), most significant first
+        self.positions = self.positions.gather(1, idx)
+        ranks = torch.arange(idx.shape[1], device=h.device)
+        self.mask = ranks[None, :] < keep[:, None]  # (B, k): the first keep[b] slots of row b are alive
+        self.alive = keep
+        if self.buffer is None:
+            self.buffer = torch.cat([h, h.new_zeros(h.shape[0], 1, h.shape[-1])], dim=1)
+        return _take_rows(attn_out, idx)  # (B, k, D)
+
+    def restore(self, h: torch.Tensor) -> None:
+        """Write the alive tokens' new states into the buffer (masked slots go to the sink)."""
+        if self.buffer is not None:
+            sink = torch.where(self.mask, self.positions, torch.full_like(self.positions, self.length))  # (B, k)
+            self.buffer = _put_rows(self.buffer, sink, h)
+
+    def restored(self, h: torch.Tensor) -> torch.Tensor:
+        """The full-length sequence: ``h`` itself while nothing was dropped."""
+        return h if self.buffer is None else self.buffer[:, : self.length]  # (B, L, D)
 
 
 def _flat_rows(idx: torch.Tensor, width: int) -> torch.Tensor:
