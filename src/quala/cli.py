@@ -25,7 +25,7 @@ from quala.model_dir import ModelDir
 from quala.quantize import QuantizeConfig
 from quala.search import SearchConfig
 from quala.serve_config import ServeConfig
-from quala.train_config import TrainConfig
+from quala.train_config import TrainRun
 
 app = typer.Typer(
     name="quala",
@@ -340,7 +340,7 @@ def serve(model: DefaultModelOpt = BUILTIN_MODEL, overrides: dict | None = None)
 
 
 @app.command()
-@with_config_options(TrainConfig)
+@with_config_options(TrainRun)
 def train(
     config: Annotated[
         str | None,
@@ -353,12 +353,16 @@ def train(
 ) -> None:
     """Fine-tune, distil or LengthDrop-train a span-QA model (one command for every mode).
 
-    Every option is a field of TrainConfig (docs/training.md); flags override --config.
+    Every option is a field of TrainRun: the model, data and output (TrainInputs) and the settings (TrainConfig;
+    docs/training.md); flags override --config.
     """
     from quala.config import resolve
     from quala.train import train as run_train
 
-    result = run_train(resolve(TrainConfig, _settings_file(config), overrides))
+    run = resolve(TrainRun, _settings_file(config), overrides)
+    run.check_io()
+    model = ModelDir.resolve(run.model)
+    result = run_train(model, run.load_data(), Path(run.output_dir), run.settings())
     if result is not None:  # the main process reports
         _emit(result.__dict__)
 
