@@ -126,6 +126,23 @@ def test_training_stages_call_the_train_stage_with_model_data_and_output(tmp_pat
     assert (ft_cfg.resume, ft_cfg.progress, ft_cfg.lr, ld_cfg.max_steps) == (False, False, 1e-4, 8)  # the preset's
 
 
+def test_other_processes_of_a_multi_process_run_go_on_to_the_next_training_stage(tmp_path, monkeypatch):
+    """Under accelerate launch every process runs the training stages and train() returns None outside the main
+    process: such a process goes on to LengthDrop (the main one waits for it there) and leaves the state alone."""
+    import quala.train
+    from quala.pipeline import Pipeline, load_pipeline_config
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    calls = []
+    monkeypatch.setattr(quala.train, "train", lambda model, data, output, config: calls.append(output))
+    root = tmp_path / "run"
+    settings = load_pipeline_config(None, "demo", {"output_dir": str(root), "stages": ["finetune", "lengthdrop"]})
+    state = Pipeline(settings).run(progress=False)
+    assert calls == [root / "finetune", root / "lengthdrop"] and list(state["completed"]) == ["finetune", "lengthdrop"]
+    assert not (root / "pipeline.json").exists()  # the main process records the state
+
+
 def test_report_comparison_section_sets_clip_beside_ratio():
     from quala.report import comparison_section
 

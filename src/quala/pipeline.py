@@ -235,6 +235,8 @@ class Pipeline:
             length_drop=dataclasses.replace(section.length_drop, enabled=length_drop),
         )
         result = train(model, data, out, settings)
+        if result is None:  # another process of a multi-process run: it goes on to the next stage, the main one reports
+            return {}
         return {"best_f1": result.best_f1, "steps": result.steps, "examples_per_second": result.examples_per_second}
 
     def _finetune(self, progress: bool) -> dict:
