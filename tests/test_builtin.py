@@ -355,6 +355,22 @@ def test_card_training_sections(packaged):
     assert "| `accurate` | best F1 | 384 ×4 | 75.00 | 100% |" in card
 
 
+def test_card_stage_without_a_recorded_time(fake_run, tmp_path):
+    """A pipeline.json assembled by hand may hold a stage whose time is null: the card says "–" for it and totals
+    the timed stages (it used to fail with a TypeError)."""
+    from quala.builtin import package_builtin
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    stages = json.loads(json.dumps(STAGES))
+    stages["search"]["seconds"] = None
+    (run / "pipeline.json").write_text(json.dumps({"completed": stages}))
+    card = (package_builtin(run, tmp_path / "pkg").directory / "MODEL_CARD.md").read_text()
+    assert "| search | – | – |" in card
+    # 3,420.8 s in all less the search's 300.25 s
+    assert "| **total** | 3,120.6 | 52.0 |" in card
+
+
 def test_card_base_model_provenance_from_the_wheel(packaged):
     from importlib import metadata
 

@@ -285,8 +285,15 @@ def _facts(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "fp32_full": next((r for r in rows if r["model"] == "fp32" and r["length_config"] is None), None),
         "total_q": sum(train_q) if train_q and None not in train_q else None,
-        "total_s": sum(v.get("seconds", 0) for v in t["stages"].values()),
+        # a stage without a recorded time (e.g. a pipeline.json assembled from separate runs) counts as 0 and
+        # shows as "–" in the per-stage table
+        "total_s": sum(v.get("seconds") or 0 for v in t["stages"].values()),
     }
+
+
+def _seconds(value: float | None, per: int = 1) -> str:
+    """A stage's wall time in the card's table (``value`` seconds in units of ``per`` seconds); "–" if unknown."""
+    return "–" if value is None else (f"{value:,.1f}" if per == 1 else f"{value / per:.1f}")
 
 
 def _details_section(results: dict[str, Any]) -> list[str]:
@@ -399,7 +406,7 @@ def _training_section(results: dict[str, Any], facts: dict[str, Any]) -> list[st
         "| stage | seconds | minutes |",
         "|---|---|---|",
         *[
-            f"| {name} | {info.get('seconds', 0):,.1f} | {info.get('seconds', 0) / 60:.1f} |"
+            f"| {name} | {_seconds(info.get('seconds'))} | {_seconds(info.get('seconds'), 60)} |"
             for name, info in stages.items()
         ],
         f"| **total** | {total_s:,.1f} | {total_s / 60:.1f} |",
