@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from quala.config import from_dict
+from quala.data import TrainData
 from quala.io import machine_info, write_json_atomic
 from quala.train import build_trainer
 from quala.train_config import TrainConfig
@@ -33,16 +34,13 @@ def main() -> None:
     parser.add_argument("--length-drop", action="store_true", help="measure LengthDrop steps instead")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    data = TrainData.load([args.train_file], [args.train_articles])
     results = {}
     for mode, pad in (("dynamic", False), ("pad_to_max_length", True)):
         with tempfile.TemporaryDirectory() as tmp:
             config = from_dict(
                 TrainConfig,
                 dict(
-                    model=args.model,
-                    output_dir=tmp,
-                    train_files=[args.train_file],
-                    train_articles=[args.train_articles],
                     max_steps=args.steps,
                     batch_size=args.batch_size,
                     threads=args.threads,
@@ -54,7 +52,7 @@ def main() -> None:
                     length_drop={"enabled": args.length_drop},
                 ),
             )
-            trainer = build_trainer(config)
+            trainer = build_trainer(args.model, data, tmp, config)
             lengths = trainer.features.lengths
             result = trainer.train()
             results[mode] = {"examples_per_second": result.examples_per_second, "seconds": result.seconds}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from quala.config import from_dict, merge
+from quala.data import TrainData, load_squad
 from quala.io import machine_info, write_json_atomic
 from quala.train import build_trainer
 from quala.train_config import TrainConfig
@@ -64,15 +65,17 @@ def rate_after_warmup(metrics: Path, warmup: int, batch_size: int) -> float:
     return features / seconds if seconds else float("nan")
 
 
-def run(base: dict[str, Any], overrides: dict[str, Any], mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def run(
+    base: dict[str, Any], overrides: dict[str, Any], mode: str, data: TrainData, args: argparse.Namespace
+) -> dict[str, Any]:
     values = merge(base, overrides)
     if mode == "lengthdrop":
         values = merge(values, {"length_drop": merge(LENGTH_DROP, overrides.get("length_drop", {}))})
     elif "length_drop" in overrides:
         return {"skipped": "LengthDrop option"}
     with tempfile.TemporaryDirectory() as tmp:
-        config = from_dict(TrainConfig, {**values, "output_dir": tmp, "max_steps": args.warmup + args.steps})
-        trainer = build_trainer(config)
+        config = from_dict(TrainConfig, {**values, "max_steps": args.warmup + args.steps})
+        trainer = build_trainer(args.model, data, tmp, config)
         trainer.train()
         rate = rate_after_warmup(Path(tmp) / "metrics.jsonl", args.warmup, config.batch_size)
         out: dict[str, Any] = {"features_per_second": round(rate, 3), "features_per_epoch": len(trainer.features)}
@@ -81,15 +84,13 @@ def run(base: dict[str, Any], overrides: dict[str, Any], mode: str, args: argpar
                 TrainConfig,
                 {
                     **values,
-                    "output_dir": tmp + "-f1",
                     "max_steps": args.f1_steps,
-                    "eval_file": args.eval_file,
-                    "eval_articles": args.eval_articles,
                     "max_eval_examples": args.max_eval_examples,
                     "eval_every": args.f1_steps,
                 },
             )
-            out["f1_at_equal_steps"] = build_trainer(config).train().best_f1
+            validated = TrainData(data.train, load_squad(args.eval_file, args.eval_articles))
+            out["f1_at_equal_steps"] = build_trainer(args.model, validated, tmp + "-f1", config).train().best_f1
     return out
 
 
@@ -119,10 +120,8 @@ def main() -> None:
     if args.f1_steps and not args.eval_file:
         parser.error("--f1-steps needs --eval-file")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    data = TrainData.load(args.train_file, args.train_articles)
     base = {
-        "model": args.model,
-        "train_files": args.train_file,
-        "train_articles": args.train_articles or [":"] * len(args.train_file),
         "max_train_examples": args.max_train_examples,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -140,7 +139,7 @@ def main() -> None:
             if needs and not flags & set(needs):
                 results[mode][name] = {"skipped": f"needs one of {list(needs)}"}
             else:
-                results[mode][name] = run(base, overrides, mode, args)
+                results[mode][name] = run(base, overrides, mode, data, args)
             print(mode, name, results[mode][name], flush=True)
         ref = results[mode].get("baseline", {}).get("features_per_second")
         for r in results[mode].values():

@@ -140,3 +140,110 @@ def test_evaluate_prints_scores_even_when_writing_fails(tiny_model_dir, tmp_path
     assert code == 2
     assert "f1" in json.loads(out.strip().splitlines()[-1])  # the finished scores were not lost
     assert err.strip().splitlines() == [f"error: could not write {tmp_path / 'm.json'}: No space left on device"]
+
+
+# -------------------------------------------------------------------------------- options from the config dataclasses
+def _help_text(command: str, capsys) -> str:
+    code, out, err = run_cli([command, "--help"], capsys)
+    assert code == 0, err
+    return " ".join(out.replace("\u2502", " ").split())  # rich's box borders and line wrapping removed
+
+
+@pytest.mark.parametrize(
+    "command, module, cls, flags",
+    [
+        ("quantize", "quala.quantize", "QuantizeConfig", ["--mode", "--keep-fp32", "--calibration-features"]),
+        ("evaluate", "quala.config", "EvalConfig", ["--batch-size", "--max-seq-length", "--doc-stride"]),
+    ],
+)
+def test_help_explains_every_generated_setting(command, module, cls, flags, capsys):
+    """Each setting of the command's config dataclass is an option under its flag, with the field's help text."""
+    import dataclasses
+    import importlib
+
+    text = _help_text(command, capsys)
+    assert all(f" {flag} " in text for flag in flags), text
+    config = getattr(importlib.import_module(module), cls)()
+    sections = [config, *([config.data] if command == "evaluate" else [])]  # EvalConfig nests the window settings
+    helps = [f.metadata["help"] for c in sections for f in dataclasses.fields(c) if "help" in f.metadata]
+    assert len(helps) == len(flags)
+    for help_text in helps:
+        assert " ".join(help_text.split()) in text, help_text
+
+
+def test_quantize_flags_reach_quantize_config(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The generated flags set QuantizeConfig; the command's own options load the calibration questions."""
+    from pathlib import Path
+
+    import quala.quantize
+    from quala.quantize import QuantizeConfig, QuantizeResult
+
+    seen = {}
+
+    def fake_quantize(model, data, output, config):
+        seen.update(model=model, data=data, output=output, config=config)
+        return QuantizeResult(Path(output), config.mode, [], 0, 0.0)
+
+    monkeypatch.setattr(quala.quantize, "quantize", fake_quantize)
+    out = tmp_path / "int8"
+    code, _, err = run_cli(
+        ["quantize", "--model", tiny_model_dir, "--output", out, "--mode", "static", "--keep-fp32", "none",
+         "--calibration-features", "7", "--calibration-file", DEMO_DIR / "dev.json", "--calibration-articles", "0:1"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert seen["config"] == QuantizeConfig(mode="static", keep_fp32="none", calibration_features=7)
+    assert (seen["output"], seen["model"].name) == (out, str(tiny_model_dir))
+    assert (seen["data"].articles, len(seen["data"].examples)) == ("0:1", 18)
+    code, _, err = run_cli(["quantize", "--model", tiny_model_dir, "--output", out], capsys)
+    assert code == 0 and seen["config"] == QuantizeConfig() and seen["data"] is None, err
+
+
+def test_evaluate_flags_reach_eval_config(tiny_model_dir, capsys, monkeypatch):
+    """--batch-size and the window options set the EvalConfig that scores the questions."""
+    import quala.evaluate
+    from quala.config import EvalConfig
+    from quala.evaluate import EvalResult
+
+    seen = []
+
+    def fake_evaluate(predictor, data, length_config, config, progress=False):
+        seen.append(config)
+        return EvalResult(0.0, 0.0, len(data.examples), None, 1, 0.1, 1.0, 1), {}
+
+    monkeypatch.setattr(quala.evaluate, "evaluate", fake_evaluate)
+    code, _, err = evaluate_cli(
+        tiny_model_dir, capsys, "--batch-size", "4", "--max-seq-length", "192", "--doc-stride", "32"
+    )
+    assert code == 0, err
+    assert (seen[0].batch_size, seen[0].data.max_seq_length, seen[0].data.doc_stride) == (4, 192, 32)
+    code, _, err = evaluate_cli(tiny_model_dir, capsys)
+    assert code == 0 and seen[1] == EvalConfig(), err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["quantize", "--keep-fp32", "all"], "--keep-fp32 must be one of"),
+        (["quantize", "--mode", "turbo"], "unknown quantization mode"),
+        (["quantize", "--calibration-features", "0"], "calibration features must be >= 1"),
+        (["evaluate", "--doc-stride", "500"], "doc_stride must be in"),
+        (["evaluate", "--max-seq-length", "16"], "max_seq_length must be >= 32"),
+    ],
+)
+def test_bad_generated_setting_exits_2_with_one_line_before_any_work(args, message, tmp_path, capsys, monkeypatch):
+    """A bad value of a generated option is the dataclass's one-line error, before a model is loaded."""
+    import quala.engine
+    import quala.model_dir
+
+    def must_not_load(*a, **k):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(quala.engine, "load_predictor", must_not_load)
+    monkeypatch.setattr(quala.model_dir.ModelDir, "resolve", must_not_load)
+    command, *rest = args
+    where = ["--output", tmp_path / "o"] if command == "quantize" else ["--data", DEMO_DIR / "dev.json"]
+    code, out, err = run_cli([command, "--model", tmp_path / "nope", *where, *rest], capsys)
+    assert code == 2 and out == "", err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err

@@ -86,31 +86,47 @@ def test_generated_options_nest_overrides():
     }
 
 
-def test_train_config_accepts_a_preset_name_and_flags_override_it(monkeypatch, capsys):
-    """`quala train --config NAME` reads the packaged preset; generated flags override it, and keep their names."""
+def test_train_config_accepts_a_preset_name_and_flags_override_it(monkeypatch, capsys, tmp_path):
+    """`quala train --config NAME` reads the packaged preset; generated flags override it, and keep their names; the
+    command hands the stage its four arguments: the model, the loaded data, the output directory and the settings."""
+    from pathlib import Path
+
     import quala.train
     from quala.cli import main
+    from quala.train_config import TrainConfig
 
     seen = {}
-    monkeypatch.setattr(quala.train, "train", lambda config: seen.update(config=config))  # None: nothing to print
+
+    def fake_train(model, data, output, config):
+        seen.update(model=model, data=data, output=output, config=config)  # returns None: nothing to print
+
+    monkeypatch.setattr(quala.train, "train", fake_train)
+    train, dev = str(DEMO_DIR / "train.json"), str(DEMO_DIR / "dev.json")
     monkeypatch.setattr(
         "sys.argv",
         [
             "quala", "train", "--config", "train-squad-mini-lengthdrop", "--max-steps", "3", "--kd-alpha", "0.7",
-            "--train-file", "a.json", "--train-file", "b.json", "--no-length-drop", "--num-sandwich", "1",
+            "--train-file", train, "--train-file", dev, "--eval-file", dev, "--eval-articles", "0:2",
+            "--output-dir", str(tmp_path / "out"), "--no-length-drop", "--num-sandwich", "1",
         ],
     )  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code in (0, None)
     config = seen["config"]
+    assert type(config) is TrainConfig  # the settings alone: no model, files or output directory
     assert (config.max_steps, config.kd.alpha, config.length_drop.num_sandwich) == (3, 0.7, 1)
-    assert config.train_files == ["a.json", "b.json"] and config.length_drop.enabled is False
+    assert config.length_drop.enabled is False
     from quala.config import load_yaml
     from quala.pipeline import preset_path
 
     preset = load_yaml(preset_path("demo").parent / "train-squad-mini-lengthdrop.yaml")
     assert config.lr == preset["lr"] and config.threads == preset["threads"]  # from the preset, not defaults
+    assert isinstance(seen["model"], ModelDir) and seen["model"].name == preset["model"]
+    assert seen["output"] == Path(tmp_path / "out")
+    data = seen["data"]
+    assert [(d.source, d.articles) for d in data.train] == [(train, None), (dev, "0:32")]  # the preset's ranges
+    assert (data.validation.source, data.validation.articles) == (dev, "0:2")
 
 
 def test_onnx_full_length_fallback_is_the_length_adaptive_graph(tiny_model_dir, tmp_path):

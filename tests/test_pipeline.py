@@ -98,6 +98,51 @@ def test_pipeline_several_processes_run_only_training(tmp_path, capsys, monkeypa
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_training_stages_call_the_train_stage_with_model_data_and_output(tmp_path, monkeypatch):
+    """finetune and lengthdrop call train(model, data, output, config): the start model, the run's training and
+    validation questions and the stage directory are arguments; resume, progress and LengthDrop stay settings."""
+    import quala.train
+    from quala.pipeline import Pipeline, load_pipeline_config, resolve_path
+    from quala.train import TrainResult
+
+    calls = []
+
+    def fake_train(model, data, output, config):
+        calls.append((model, data, output, config))
+        output.mkdir(parents=True)
+        return TrainResult(1, 50.0, 1, 0.1, 1.0, str(output))
+
+    monkeypatch.setattr(quala.train, "train", fake_train)
+    root = tmp_path / "run"
+    settings = load_pipeline_config(None, "demo", {"output_dir": str(root), "stages": ["finetune", "lengthdrop"]})
+    Pipeline(settings).run(progress=False)
+    (ft_model, ft_data, ft_out, ft_cfg), (ld_model, ld_data, ld_out, ld_cfg) = calls
+    assert (ft_model, ld_model) == ("packaged:minilm", str(root / "finetune"))  # LengthDrop continues the fine-tune
+    assert (ft_out, ld_out) == (root / "finetune", root / "lengthdrop")
+    for data in (ft_data, ld_data):
+        assert [(d.source, d.articles) for d in data.train] == [(resolve_path("quala:assets/demo/train.json"), None)]
+        assert data.validation.source == resolve_path("quala:assets/demo/dev.json")
+    assert (ft_cfg.length_drop.enabled, ld_cfg.length_drop.enabled) == (False, True)
+    assert (ft_cfg.resume, ft_cfg.progress, ft_cfg.lr, ld_cfg.max_steps) == (False, False, 1e-4, 8)  # the preset's
+
+
+def test_other_processes_of_a_multi_process_run_go_on_to_the_next_training_stage(tmp_path, monkeypatch):
+    """Under accelerate launch every process runs the training stages and train() returns None outside the main
+    process: such a process goes on to LengthDrop (the main one waits for it there) and leaves the state alone."""
+    import quala.train
+    from quala.pipeline import Pipeline, load_pipeline_config
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    calls = []
+    monkeypatch.setattr(quala.train, "train", lambda model, data, output, config: calls.append(output))
+    root = tmp_path / "run"
+    settings = load_pipeline_config(None, "demo", {"output_dir": str(root), "stages": ["finetune", "lengthdrop"]})
+    state = Pipeline(settings).run(progress=False)
+    assert calls == [root / "finetune", root / "lengthdrop"] and list(state["completed"]) == ["finetune", "lengthdrop"]
+    assert not (root / "pipeline.json").exists()  # the main process records the state
+
+
 def test_report_comparison_section_sets_clip_beside_ratio():
     from quala.report import comparison_section
 
@@ -177,7 +222,7 @@ def test_spread_configs_keeps_ends_and_spreads_over_macs():
     "prefix, module, cls",
     [
         ("pipeline-", "quala.pipeline", "PipelineConfig"),
-        ("train-", "quala.train_config", "TrainConfig"),
+        ("train-", "quala.train_config", "TrainRun"),  # stand-alone runs: inputs and settings
         ("search-", "quala.search", "SearchConfig"),
     ],
 )

@@ -6,16 +6,16 @@ import math
 
 import pytest
 import torch
-from conftest import DEMO_DIR, tiny_config, tiny_hf_qa
+from conftest import tiny_config, tiny_hf_qa
 from safetensors.torch import load_file
 from test_model import padded_batch
-from test_train import _config
+from test_train import _trainer
 
 from quala.config import LengthAdaptiveConfig, from_dict
 from quala.errors import QualaError
 from quala.model import LengthAdaptiveQA, TokenScorer
 from quala.objectives import TokenScorerLoss, answer_relevance
-from quala.train import TrainConfig, build_trainer
+from quala.train_config import TrainConfig
 
 
 def test_answer_relevance_by_hand():
@@ -114,10 +114,9 @@ def test_training_only_the_scorer_leaves_the_encoder_bit_identical(tmp_path, min
     src = tmp_path / "src"
     LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=2))).save_pretrained(src)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(src)
-    config = _config(
+    trainer = _trainer(
         src, tmp_path / "out", max_train_examples=24, max_steps=4, lr=1e-2, significance="learned", trainable="scorer"
     )
-    trainer = build_trainer(config)
     initial = trainer.model.scorer.weight.detach().clone()
     trainer.train()
     before = load_file(str(src / "model.safetensors"))
@@ -130,17 +129,16 @@ def test_training_only_the_scorer_leaves_the_encoder_bit_identical(tmp_path, min
 
 
 def test_trainable_scorer_needs_learned_significance(tmp_path, tiny_model_dir):
-    values = dict(model=str(tiny_model_dir), output_dir=str(tmp_path / "o"), train_files=[str(DEMO_DIR / "train.json")])
     with pytest.raises(QualaError, match="needs significance 'learned'"):
-        build_trainer(from_dict(TrainConfig, {**values, "trainable": "scorer"}))
+        _trainer(tiny_model_dir, tmp_path / "o", trainable="scorer")
     with pytest.raises(QualaError, match="trainable must be"):
-        from_dict(TrainConfig, {**values, "trainable": "head"})
+        from_dict(TrainConfig, {"trainable": "head"})
 
 
 def test_scorer_has_its_own_learning_rate_and_lengthdrop_trains_it(tmp_path, tiny_model_dir):
     """scorer.lr puts exactly the scorer's parameters in a group of their own; a LengthDrop step with learned
     significance moves both the scorer and the encoder."""
-    config = _config(
+    trainer = _trainer(
         tiny_model_dir,
         tmp_path / "o",
         max_train_examples=16,
@@ -149,7 +147,6 @@ def test_scorer_has_its_own_learning_rate_and_lengthdrop_trains_it(tmp_path, tin
         scorer={"lr": 5e-2},
         length_drop={"enabled": True, "num_sandwich": 1},
     )
-    trainer = build_trainer(config)
     model = trainer.model
     scorer_group = [g for g in trainer.optimizer.param_groups if any(p is model.scorer.weight for p in g["params"])]
     assert len(scorer_group) == 1 and len(scorer_group[0]["params"]) == 2

@@ -387,20 +387,12 @@ def test_max_examples_spreads_over_the_split():
 
 def test_training_validation_and_search_pick_the_same_questions(tmp_path, tiny_model_dir):
     """One rule for 'N evenly spaced questions': training's validation subset is the search's subset."""
-    from quala.data import load_squad
+    from quala.data import TrainData, load_squad
     from quala.train import build_trainer
     from quala.train_config import TrainConfig
 
-    cfg = TrainConfig(
-        model=str(tiny_model_dir),
-        output_dir=str(tmp_path / "t"),
-        train_files=[str(DEMO_DEV)],
-        eval_file=str(DEMO_DEV),
-        max_eval_examples=7,
-        max_steps=1,
-        progress=False,
-    )
-    trainer = build_trainer(cfg)
+    data = TrainData([load_squad(DEMO_DEV)], load_squad(DEMO_DEV))
+    trainer = build_trainer(tiny_model_dir, data, tmp_path / "t", TrainConfig(max_eval_examples=7, max_steps=1))
     assert [e.id for e in trainer.eval_data.examples] == [e.id for e in load_squad(DEMO_DEV).spread(7).examples]
     n = len(load_squad(DEMO_DEV).examples)
     assert [e.id for e in trainer.eval_data.examples] == [

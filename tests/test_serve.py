@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import COVIDQA
+from conftest import COVIDQA, run_cli
 from fastapi.testclient import TestClient
 
 CONTEXT = (
@@ -19,7 +19,7 @@ CONTEXT = (
 )
 QUESTION = "Who stayed in orbit?"
 ANSWER, BATCH = "/v1/answer", "/v1/answer/batch"
-LIMITS = dict(max_context_chars=8_000, max_question_chars=200, max_batch=4, max_body_bytes=64_000)
+LIMITS = dict(max_context_chars=8_000, max_question_chars=200, max_batch=4, max_body_mb=1 / 16)  # 64 KiB
 
 
 @pytest.fixture(scope="module")
@@ -366,6 +366,9 @@ CLI_ERRORS = [
     (["--max-batch", "0"], "max-batch"),
     (["--port", "70000"], "port"),
     (["--max-body-mb", "-1"], "max-body-mb"),
+    (["--max-body-mb", "0"], "max-body-mb"),
+    (["--max-queue", "0"], "max-queue"),
+    (["--batch-window-ms", "5000"], "batch-window-ms"),
     (["--backend", "nope"], "unknown backend"),
     (["--model", "MISSING"], "MISSING"),
 ]
@@ -423,19 +426,63 @@ def test_full_queue_gets_503_and_the_rest_is_answered(engine):
     assert first.answers[0].answer == second.answers[0].answer == expected.answer
 
 
-def test_serve_cli_defaults_match_serve_config():
-    """The CLI's defaults are ServeConfig's (the single source of truth for the server's settings)."""
-    import dataclasses
-    import inspect
+def _served_config(monkeypatch, capsys, *args):
+    """The ServeConfig that ``quala serve ARGS`` would start the server with (the server itself is not started)."""
+    import quala.serve
 
-    from quala import cli
+    seen = []
+    monkeypatch.setattr(quala.serve, "serve", seen.append)
+    code, _, err = run_cli(["serve", *args], capsys)
+    assert code == 0 and len(seen) == 1, err
+    return seen[0]
+
+
+def test_serve_flags_reach_serve_config(monkeypatch, capsys):
+    """Each generated flag sets its ServeConfig field; without flags the server gets ServeConfig's own defaults."""
+    import dataclasses
+
     from quala.serve import ServeConfig
 
-    params = inspect.signature(cli.serve).parameters
+    args = [
+        "--model", "some/model", "--host", "0.0.0.0", "--port", "8081", "--backend", "torch", "--threads", "2",
+        "--max-context-chars", "500", "--max-question-chars", "50", "--max-batch", "3", "--max-body-mb", "0.5",
+        "--micro-batch", "--batch-window-ms", "7.5", "--max-queue", "9", "--target-p95-ms", "250",
+    ]  # fmt: skip
+    config = _served_config(monkeypatch, capsys, *args)
+    assert dataclasses.asdict(config) == {
+        "model": "some/model",
+        "host": "0.0.0.0",
+        "port": 8081,
+        "backend": "torch",
+        "threads": 2,
+        "max_context_chars": 500,
+        "max_question_chars": 50,
+        "max_batch": 3,
+        "max_body_mb": 0.5,
+        "micro_batch": True,
+        "batch_window_ms": 7.5,
+        "max_queue": 9,
+        "target_p95_ms": 250.0,
+    }
+    assert config.max_body_bytes == 512 * 1024  # what the body limit counts
+    assert _served_config(monkeypatch, capsys) == ServeConfig()
+
+
+def test_serve_help_explains_every_setting(capsys):
+    """`quala serve --help` lists each ServeConfig setting under its flag, with the field's help text."""
+    import dataclasses
+
+    from quala.serve import ServeConfig
+
+    code, out, _ = run_cli(["serve", "--help"], capsys)
+    text = " ".join(out.replace("\u2502", " ").split())  # rich's box borders and line wrapping removed
+    flags = [
+        "--model", "--host", "--port", "--backend", "--threads", "--max-context-chars", "--max-question-chars",
+        "--max-batch", "--max-body-mb", "--micro-batch", "--no-micro-batch", "--batch-window-ms", "--max-queue",
+        "--target-p95-ms",
+    ]  # fmt: skip
+    assert code == 0 and all(f" {flag} " in text for flag in flags), text
     for f in dataclasses.fields(ServeConfig):
-        if f.name == "model":
-            continue
-        if f.name == "max_body_bytes":
-            assert params["max_body_mb"].default * 2**20 == f.default
-        else:
-            assert params[f.name].default == f.default, f.name
+        if f.name != "model":
+            assert " ".join(f.metadata["help"].split()) in text, f.name
+    assert "--target-p95-ms MS" in text

@@ -1,4 +1,5 @@
-"""Trainer: resume equality, LengthDrop on a synthetic task, in-place distillation wiring, KD, CLI errors."""
+"""Trainer: the stage API, resume equality, LengthDrop on a synthetic task, in-place distillation wiring, KD, CLI
+errors."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from quala.config import from_dict
-from quala.data import Features, collate
+from quala.data import Features, TrainData, collate, load_squad
 from quala.errors import QualaError
 from quala.model import LengthAdaptiveQA, load_tokenizer
 from quala.train import Trainer, build_trainer
@@ -40,11 +41,9 @@ def dropout_model_dir(tmp_path_factory, minilm_path) -> Path:
     return out
 
 
-def _config(model_dir: Path, out: Path, **kw) -> TrainConfig:
+def _config(**kw) -> TrainConfig:
+    """Small, fast settings for the demo questions."""
     values = dict(
-        model=str(model_dir),
-        output_dir=str(out),
-        train_files=[DEMO_TRAIN],
         max_train_examples=40,
         batch_size=4,
         max_steps=6,
@@ -59,16 +58,72 @@ def _config(model_dir: Path, out: Path, **kw) -> TrainConfig:
     return from_dict(TrainConfig, values)
 
 
+def _demo(validation: bool = False) -> TrainData:
+    """The demo training questions (and the demo dev questions as the validation split)."""
+    return TrainData([load_squad(DEMO_TRAIN)], load_squad(DEMO_DEV) if validation else None)
+
+
+def _trainer(model_dir: Path, out: Path, validation: bool = False, **kw) -> Trainer:
+    """A trainer of ``model_dir`` on the demo questions, writing to ``out``."""
+    return build_trainer(model_dir, _demo(validation), out, _config(**kw))
+
+
+def test_train_stage_takes_model_data_output_and_settings(tiny_model_dir, tmp_path):
+    """train(model, data, output, config) trains a tiny random model: the weights move, the manifest names the model
+    and the data it was given, and the saved quala_config.yaml holds the settings only."""
+    import yaml
+
+    from quala.model_dir import ModelDir
+    from quala.train import TrainResult, train
+
+    out = tmp_path / "run"
+    with pytest.raises(QualaError, match="no training data"):
+        train(tiny_model_dir, TrainData([]), out, _config())
+    assert not out.exists()
+    settings = _config(max_steps=2, max_eval_examples=4)
+    result = train(ModelDir.resolve(tiny_model_dir), _demo(validation=True), out, settings)
+    assert isinstance(result, TrainResult) and (result.steps, result.output_dir) == (2, str(out))
+    assert result.best_f1 is not None and result.best_step == 2
+    start, after = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert after.keys() == start.keys() and any(not torch.equal(start[k], after[k]) for k in start)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source_model"] == str(tiny_model_dir)
+    assert manifest["train_data"] == [{"file": DEMO_TRAIN, "articles": None, "num_questions": 237}]
+    assert manifest["eval_data"] == {"file": DEMO_DEV, "articles": None, "num_questions": 4}  # max_eval_examples
+    resolved = yaml.safe_load((out / "quala_config.yaml").read_text())
+    assert resolved["max_steps"] == 2 and not {"model", "output_dir", "train_files", "eval_file"} & set(resolved)
+
+
+def test_only_the_main_process_returns_the_summary(tmp_path, monkeypatch):
+    """Under accelerate launch / torchrun every process trains; only the main one logs and returns the summary."""
+    from types import SimpleNamespace
+
+    import quala.train
+
+    data, settings, calls = _demo(), _config(), []
+    for main in (True, False):
+        logged: list[dict] = []
+        trainer = SimpleNamespace(
+            accelerator=SimpleNamespace(is_main_process=main),
+            train=lambda: quala.train.TrainResult(3, None, None, 1.0, 2.0, str(tmp_path)),
+            _log=logged.append,
+        )
+        monkeypatch.setattr(quala.train, "build_trainer", lambda *args, t=trainer: calls.append(args) or t)
+        result = quala.train.train("m", data, tmp_path, settings)
+        assert (result is not None, len(logged)) == ((True, 1) if main else (False, 0))
+    assert calls == [("m", data, tmp_path, settings)] * 2
+
+
 class Killed(BaseException):
     """Stands for SIGKILL: nothing in the trainer may catch it."""
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(dropout_model_dir, tmp_path, monkeypatch):
     length_drop = {"enabled": True, "num_sandwich": 1, "layer_drop_prob": 0.3}
-    straight = build_trainer(_config(dropout_model_dir, tmp_path / "a", length_drop=length_drop))
+    straight = _trainer(dropout_model_dir, tmp_path / "a", length_drop=length_drop)
     straight.train()
     # killed during step 5: the checkpoint holds step 3, step 4 is lost and must be redone identically
-    crashed = build_trainer(_config(dropout_model_dir, tmp_path / "b", length_drop=length_drop))
+    crashed = _trainer(dropout_model_dir, tmp_path / "b", length_drop=length_drop)
     real = Trainer._micro_batch
 
     def dies_in_step_5(self, *args, **kwargs):
@@ -82,8 +137,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(dropout_model_dir, tm
             crashed.train()
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-3"]
     with pytest.raises(QualaError, match="--resume"):  # never silently overwrite an earlier run
-        build_trainer(_config(dropout_model_dir, tmp_path / "b", length_drop=length_drop))
-    resumed = build_trainer(_config(dropout_model_dir, tmp_path / "b", length_drop=length_drop, resume=True))
+        _trainer(dropout_model_dir, tmp_path / "b", length_drop=length_drop)
+    resumed = _trainer(dropout_model_dir, tmp_path / "b", length_drop=length_drop, resume=True)
     resumed.train()
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
@@ -146,12 +201,9 @@ def _losses(model: LengthAdaptiveQA, features: Features, length_config) -> float
     ).loss.item()
 
 
-def _memory_config(out: Path, **kw) -> TrainConfig:
+def _memory_config(**kw) -> TrainConfig:
     """Config for a Trainer built directly on in-memory features (no files are read)."""
     values = dict(
-        model="unused",
-        output_dir=str(out),
-        train_files=["unused"],
         threads=1,
         progress=False,
         warmup_ratio=0.0,
@@ -173,8 +225,8 @@ def test_length_drop_trains_the_smallest_sub_model_better_than_plain_fine_tuning
         torch.manual_seed(0)
         model = LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=3)))
         length_drop = {"enabled": enabled, "num_sandwich": 2, "layer_drop_prob": 0.2}
-        config = _memory_config(tmp_path / arm, batch_size=16, epochs=3, lr=2e-3, log_every=6, length_drop=length_drop)
-        trainer = Trainer(config, model, load_tokenizer(minilm_path), train)
+        config = _memory_config(batch_size=16, epochs=3, lr=2e-3, log_every=6, length_drop=length_drop)
+        trainer = Trainer(model, load_tokenizer(minilm_path), train, tmp_path / arm, config)
         smallest = trainer.sampler.smallest().length_config
         before = (_losses(model, held_out, None), _losses(model, held_out, smallest))
         trainer.train()
@@ -194,8 +246,8 @@ def test_trainer_inplace_distillation_uses_end_logits(tmp_path, minilm_path):
     torch.manual_seed(0)
     model = LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=2)))
     features = _synthetic(8, seed=2)
-    config = _memory_config(tmp_path / "x", batch_size=8, length_drop={"enabled": True})
-    trainer = Trainer(config, model, load_tokenizer(minilm_path), features)
+    config = _memory_config(batch_size=8, length_drop={"enabled": True})
+    trainer = Trainer(model, load_tokenizer(minilm_path), features, tmp_path / "x", config)
     batch = trainer._tensors(list(range(8)))
     with torch.no_grad():
         full = trainer.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -219,13 +271,13 @@ def test_distillation_with_intermediate_layers_runs_and_resumes(tmp_path, tiny_m
     LengthAdaptiveQA(BertForQuestionAnswering(tiny_config("bert", layers=2))).save_pretrained(student)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(student)
     kd = {"teacher": str(teacher), "alpha": 0.5, "temperature": 2.0, "intermediate": True}
-    trainer = build_trainer(_config(student, tmp_path / "out", kd=kd, max_steps=2, save_every=1))
+    trainer = _trainer(student, tmp_path / "out", kd=kd, max_steps=2, save_every=1)
     assert trainer.intermediate is not None and trainer.intermediate.layer_map == [2, 4]
     trainer.train()
     assert (tmp_path / "out" / "checkpoints" / "step-2" / "objectives.safetensors").is_file()
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["kd"]) and r["intermediate"] > 0 for r in lines if "kd" in r)
-    resumed = build_trainer(_config(student, tmp_path / "out", kd=kd, max_steps=3, save_every=1, resume=True))
+    resumed = _trainer(student, tmp_path / "out", kd=kd, max_steps=3, save_every=1, resume=True)
     resumed.train()
     assert resumed.step == 3
 
@@ -361,9 +413,8 @@ def test_patience_stops_after_validations_without_improvement(dropout_model_dir,
             self.exact_match, self.num_questions, self.seconds = 0.0, 1, 0.0
 
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: (Score(), None))
-    scripted = dict(eval_file=DEMO_DEV, max_eval_examples=4, eval_every=1, max_steps=12, save_every=5)
-    cfg = _config(dropout_model_dir, tmp_path / "run", patience=2, **scripted)
-    result = build_trainer(cfg).train()
+    scripted = dict(validation=True, max_eval_examples=4, eval_every=1, max_steps=12, save_every=5)
+    result = _trainer(dropout_model_dir, tmp_path / "run", patience=2, **scripted).train()
     assert (result.steps, result.best_step, result.best_f1) == (4, 2, 20.0)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval_f1" in r] == [1, 2, 3, 4]
@@ -371,8 +422,7 @@ def test_patience_stops_after_validations_without_improvement(dropout_model_dir,
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-4"]
     # without patience the same scripted run goes to the end (control arm)
     scores = iter([10.0, 20.0] + [15.0] * 10)
-    cfg = _config(dropout_model_dir, tmp_path / "ctrl", **scripted)
-    assert build_trainer(cfg).train().steps == 12
+    assert _trainer(dropout_model_dir, tmp_path / "ctrl", **scripted).train().steps == 12
 
 
 def test_bad_patience_is_rejected():
@@ -383,8 +433,7 @@ def test_bad_patience_is_rejected():
 def test_frozen_word_embeddings_stay_put_and_compiled_blocks_train(dropout_model_dir, tmp_path):
     """freeze_word_embeddings: the word embeddings are bit-identical after training while the rest moved;
     compile: the run trains and saves the same parameter names as an eager run."""
-    cfg = _config(dropout_model_dir, tmp_path / "frozen", freeze_word_embeddings=True, compile=True, max_steps=3)
-    build_trainer(cfg).train()
+    _trainer(dropout_model_dir, tmp_path / "frozen", freeze_word_embeddings=True, compile=True, max_steps=3).train()
     start = load_file(str(dropout_model_dir / "model.safetensors"))
     after = load_file(str(tmp_path / "frozen" / "model.safetensors"))
     assert after.keys() == start.keys()

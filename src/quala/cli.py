@@ -1,8 +1,9 @@
 """The ``quala`` command line. Each command is a thin layer over one stage module.
 
 User mistakes raise :class:`~quala.errors.QualaError`; :func:`main` prints them on one line and exits with 2.
-``search`` and ``train`` options are generated from their config dataclasses (:mod:`quala.cli_options`); the
-other commands declare theirs here, which is why the module is over 500 lines: it is mostly option declarations.
+The settings of ``evaluate``, ``search``, ``quantize``, ``benchmark``, ``serve`` and ``train`` are options generated
+from their config dataclasses (:mod:`quala.cli_options`); each command declares here only what it reads or writes
+(model, data, output files), and the other commands all of theirs.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import typer
 from quala.benchmark import BenchmarkConfig
 from quala.builtin import BUILTIN_MODEL
 from quala.cli_options import with_config_options
+from quala.config import EvalConfig
 from quala.errors import QualaError
 from quala.model_dir import ModelDir
+from quala.quantize import QuantizeConfig
 from quala.search import SearchConfig
-from quala.train_config import TrainConfig
+from quala.serve_config import ServeConfig
+from quala.train_config import TrainRun
 
 app = typer.Typer(
     name="quala",
@@ -63,13 +67,13 @@ def _emit(obj: dict) -> None:
 
 
 @app.command()
+@with_config_options(EvalConfig)
 def evaluate(
     data: DataOpt,
     model: DefaultModelOpt = BUILTIN_MODEL,
     articles: ArticlesOpt = None,
     length_config: LengthOpt = "full",
     max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Features per forward pass.")] = 32,
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
     threads: ThreadsOpt = None,
     predictions_out: Annotated[
@@ -77,9 +81,13 @@ def evaluate(
     ] = None,
     metrics_out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    overrides: dict | None = None,
 ) -> None:
-    """Score a model on SQuAD-format data (official v1.1 EM/F1) at a length configuration."""
-    from quala.config import EvalConfig
+    """Score a model on SQuAD-format data (official v1.1 EM/F1) at a length configuration.
+
+    The batch and window options are fields of EvalConfig.
+    """
+    from quala.config import from_dict
     from quala.data import load_squad
     from quala.engine import load_predictor
     from quala.evaluate import evaluate as run_eval
@@ -87,8 +95,7 @@ def evaluate(
     from quala.io import check_output_file
     from quala.lengths import parse_length_config
 
-    if batch_size < 1:
-        raise QualaError(f"--batch-size must be >= 1, got {batch_size}")
+    settings = from_dict(EvalConfig, overrides, "evaluate")
     for path, flag in ((predictions_out, "--predictions-out"), (metrics_out, "--metrics-out")):
         if path is not None:
             check_output_file(path, flag)
@@ -97,7 +104,7 @@ def evaluate(
     lengths = parse_length_config(
         length_config, predictor.model_config.num_hidden_layers, predictor.la_config.reference_length
     )
-    result, predictions = run_eval(predictor, squad, lengths, EvalConfig(batch_size=batch_size), progress=progress)
+    result, predictions = run_eval(predictor, squad, lengths, settings, progress=progress)
     out = result.to_dict()
     out["data"] = squad.describe()
     _emit(out)  # printed first: a failed write below must not lose the finished scores
@@ -242,38 +249,29 @@ def export(
 
 
 @app.command()
+@with_config_options(QuantizeConfig)
 def quantize(
     model: Annotated[
         str, typer.Option("--model", help="fp32 model directory (PyTorch safetensors, or a quala export).")
     ],
     output: OutputDirOpt,
-    mode: Annotated[
-        str,
-        typer.Option(
-            help="dynamic: activations quantized at run time (fastest here); static: QDQ graph with "
-            "activation ranges calibrated on --calibration-file."
-        ),
-    ] = "dynamic",
     calibration_file: Annotated[
         str | None, typer.Option(help="SQuAD JSON whose first features calibrate activations (static mode).")
     ] = None,
     calibration_articles: Annotated[
         str | None, typer.Option(help="Article range A:B of --calibration-file to calibrate on, e.g. 32:40.")
     ] = None,
-    calibration_features: Annotated[int, typer.Option(help="Number of calibration features (--mode static).")] = 100,
-    keep_fp32: Annotated[
-        str,
-        typer.Option(
-            help="ffn-output: keep the FFN output projections (activation outliers) in fp32; none: every Linear "
-            "layer int8 (faster, less accurate; measured in docs/inference.md)."
-        ),
-    ] = "ffn-output",
+    overrides: dict | None = None,
 ) -> None:
-    """Quantize a model to int8 (per-channel weights, embeddings fp32) for ONNX Runtime."""
-    from quala.data import load_squad
-    from quala.quantize import QuantizeConfig, quantize
+    """Quantize a model to int8 (per-channel weights, embeddings fp32) for ONNX Runtime.
 
-    settings = QuantizeConfig(mode=mode, keep_fp32=keep_fp32, calibration_features=calibration_features)
+    The mode and precision options are fields of QuantizeConfig.
+    """
+    from quala.config import from_dict
+    from quala.data import load_squad
+    from quala.quantize import quantize
+
+    settings = from_dict(QuantizeConfig, overrides, "quantize")
     md = ModelDir.resolve(model)
     calibration = load_squad(calibration_file, calibration_articles) if calibration_file is not None else None
     result = quantize(md, calibration, output, settings)
@@ -329,71 +327,20 @@ def benchmark(
 
 
 @app.command()
-def serve(
-    model: DefaultModelOpt = BUILTIN_MODEL,
-    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = ("127.0.0.1"),
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime")] = "auto",
-    threads: ThreadsOpt = None,
-    max_context_chars: Annotated[
-        int, typer.Option(help="Longest context accepted, in characters; longer ones get HTTP 413.")
-    ] = 100_000,
-    max_question_chars: Annotated[int, typer.Option(help="Longest question accepted (characters).")] = 1_000,
-    max_batch: Annotated[
-        int, typer.Option(help="Most questions per /v1/answer/batch request and per merged micro-batch.")
-    ] = 32,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; larger ones get HTTP 413.")] = 8.0,
-    micro_batch: Annotated[
-        bool, typer.Option(help="Merge concurrent requests with the same length config into one call.")
-    ] = False,
-    batch_window_ms: Annotated[
-        float, typer.Option(help="With --micro-batch: how long to wait for more requests to merge (ms).")
-    ] = 2.0,
-    max_queue: Annotated[
-        int, typer.Option(help="Most requests waiting for the engine; more get HTTP 503 (bounds memory).")
-    ] = 256,
-    target_p95_ms: Annotated[
-        str | None,
-        typer.Option(
-            metavar="MS",
-            help="Latency-target mode: requests without a budget get the most accurate "
-            "configuration predicted to finish within MS under the current load (docs/serving.md).",
-        ),
-    ] = None,
-) -> None:
-    """Serve the model over HTTP: POST /v1/answer with per-request budgets, demo page at /, docs at /docs."""
-    from quala.serve import ServeConfig
+@with_config_options(ServeConfig)
+def serve(model: DefaultModelOpt = BUILTIN_MODEL, overrides: dict | None = None) -> None:
+    """Serve the model over HTTP: POST /v1/answer with per-request budgets, demo page at /, docs at /docs.
+
+    Every other option is a field of ServeConfig (docs/serving.md).
+    """
     from quala.serve import serve as run_server
 
-    if max_body_mb <= 0:
-        raise QualaError(f"--max-body-mb must be > 0, got {max_body_mb}")
-    target = None
-    if target_p95_ms is not None:  # parsed here: a click error would be a multi-line usage message
-        try:
-            target = float(target_p95_ms)
-        except ValueError:
-            raise QualaError(f"target-p95-ms must be a number of milliseconds > 0, got {target_p95_ms!r}") from None
-    run_server(
-        ServeConfig(
-            model=model,
-            host=host,
-            port=port,
-            backend=backend,
-            threads=threads,
-            max_context_chars=max_context_chars,
-            max_question_chars=max_question_chars,
-            max_batch=max_batch,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
-            micro_batch=micro_batch,
-            batch_window_ms=batch_window_ms,
-            max_queue=max_queue,
-            target_p95_ms=target,
-        )
-    )
+    # built directly, not through from_dict: a --target-p95-ms that is no number reaches ServeConfig's own check
+    run_server(ServeConfig(model=model, **overrides))
 
 
 @app.command()
-@with_config_options(TrainConfig)
+@with_config_options(TrainRun)
 def train(
     config: Annotated[
         str | None,
@@ -406,12 +353,16 @@ def train(
 ) -> None:
     """Fine-tune, distil or LengthDrop-train a span-QA model (one command for every mode).
 
-    Every option is a field of TrainConfig (docs/training.md); flags override --config.
+    Every option is a field of TrainRun: the model, data and output (TrainInputs) and the settings (TrainConfig;
+    docs/training.md); flags override --config.
     """
     from quala.config import resolve
     from quala.train import train as run_train
 
-    result = run_train(resolve(TrainConfig, _settings_file(config), overrides))
+    run = resolve(TrainRun, _settings_file(config), overrides)
+    run.check_io()
+    model = ModelDir.resolve(run.model)
+    result = run_train(model, run.load_data(), Path(run.output_dir), run.settings())
     if result is not None:  # the main process reports
         _emit(result.__dict__)
 

@@ -4,7 +4,9 @@ A dataclass field becomes a ``quala`` option when its metadata has a ``"help"`` 
 the field's path (``latency.repeats`` -> ``--latency-repeats``) unless its metadata names a ``"flag"`` (e.g.
 ``"--budget"``, or ``"--latency/--no-latency"`` for a switch). Every generated option defaults to None ("not
 given"), so :func:`quala.config.resolve` layers them over the dataclass defaults and a YAML file. Lists of
-strings repeat the option (``--train-file A --train-file B``); lists of numbers are written ``0.5,0.7``.
+strings repeat the option (``--train-file A --train-file B``); lists of numbers are written ``0.5,0.7``. A number
+marked ``as_text`` is taken as text and converted here, so that a value that is no number reaches the dataclass,
+whose check says what is wrong in one line (click's own error would be a multi-line usage message).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import typer
 
 @dataclasses.dataclass(frozen=True)
 class ConfigOption:
-    """One generated option: the field's path in the config, its parameter name and its typer declaration."""
+    """One generated option: the field's path in the config, its parameter name and its typer declaration;
+    ``number``: the type its text converts to (``as_text`` options only)."""
 
     path: tuple[str, ...]
     name: str
     annotation: Any
+    number: type | None = None
 
 
 def _base(hint: Any) -> Any:
@@ -73,9 +77,20 @@ def config_options(cls: type, prefix: tuple[str, ...] = ()) -> list[ConfigOption
         kind = _option_type(hint)
         if kind is bool and "/" not in flag and f.metadata.get("switch", True):
             flag = f"{flag}/--no-{flag.removeprefix('--')}"
-        option = typer.Option(flag, help=f.metadata["help"], show_default=_default_text(f))
-        options.append(ConfigOption(path, "_".join(path), Annotated[kind | None, option]))
+        number = kind if f.metadata.get("as_text") else None
+        option = typer.Option(
+            flag, help=f.metadata["help"], show_default=_default_text(f), metavar=f.metadata.get("metavar")
+        )
+        options.append(ConfigOption(path, "_".join(path), Annotated[(str if number else kind) | None, option], number))
     return options
+
+
+def _number(kind: type, text: str) -> Any:
+    """``text`` as a ``kind`` where it parses; else the text itself, for the dataclass to reject."""
+    try:
+        return kind(text)
+    except ValueError:
+        return text
 
 
 def overrides(options: list[ConfigOption], values: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +100,8 @@ def overrides(options: list[ConfigOption], values: dict[str, Any]) -> dict[str, 
         value = values.get(option.name)
         if value is None or value == []:
             continue
+        if option.number is not None:
+            value = _number(option.number, value)
         node = out
         for key in option.path[:-1]:
             node = node.setdefault(key, {})

@@ -28,11 +28,15 @@ def setting(
     flag: str | None = None,
     switch: bool = True,
     default_factory: Any = dataclasses.MISSING,
+    metavar: str | None = None,
+    as_text: bool = False,
 ) -> Any:
     """A dataclass field documented once: ``help`` is its ``quala`` option's help text (see
     :mod:`quala.cli_options`), ``flag`` the option's name when not derived from the field's path; a bool
-    option gets a ``--no-`` form unless ``switch`` is False."""
-    metadata = {"help": help, "switch": switch, **({"flag": flag} if flag else {})}
+    option gets a ``--no-`` form unless ``switch`` is False. ``metavar`` names the option's value in ``--help``;
+    ``as_text`` makes the option take text that the dataclass itself rejects when it is not a number."""
+    metadata = {"help": help, "switch": switch, "as_text": as_text}
+    metadata |= {k: v for k, v in (("flag", flag), ("metavar", metavar)) if v}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -97,6 +101,10 @@ class EvalConfig:
 
     batch_size: int = setting(32, "Features per forward pass when scoring F1.", flag="--batch-size")
     data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise QualaError(f"batch-size must be >= 1, got {self.batch_size}")
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "config") -> T:

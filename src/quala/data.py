@@ -160,6 +160,35 @@ def _load_from_hub(name: str, articles: str | None, max_examples: int | None) ->
     return squad_from_json({"data": data}, name, articles, max_examples)
 
 
+@dataclass
+class TrainData:
+    """The data of the train stage: the training questions (one split per file, used in order) and the optional
+    validation split that picks the saved model."""
+
+    train: list[SquadData]
+    validation: SquadData | None = None
+
+    @classmethod
+    def load(
+        cls,
+        train_files: Sequence[str],
+        train_articles: Sequence[str | None] | None = None,
+        validation_file: str | None = None,
+        validation_articles: str | None = None,
+    ) -> TrainData:
+        """Load each training file with its article range (``':'`` or none: every article) and the validation
+        file (optional)."""
+        articles = list(train_articles or [None] * len(train_files))
+        if len(articles) != len(train_files):
+            raise QualaError(
+                f"give one --train-articles per --train-file ({len(train_files)} files, {len(articles)} article "
+                "ranges); use ':' for all articles"
+            )
+        train = [load_squad(f, a if a not in ("", ":") else None) for f, a in zip(train_files, articles, strict=True)]
+        validation = load_squad(validation_file, validation_articles) if validation_file else None
+        return cls(train, validation)
+
+
 # ---------------------------------------------------------------------------------------------- features
 @dataclass
 class Features:

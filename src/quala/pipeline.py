@@ -222,21 +222,21 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------------- stages
     def _train(self, section: TrainConfig, model: str, out: Path, progress: bool, length_drop: bool) -> dict:
+        from quala.data import TrainData
         from quala.train import train
 
+        data = TrainData.load(
+            self.train_files, self.config.train_articles, self.validation_file, self.config.validation_articles
+        )
         settings = dataclasses.replace(
             section,
-            model=model,
-            output_dir=str(out),
-            train_files=self.train_files,
-            train_articles=self.config.train_articles or [":"] * len(self.train_files),
-            eval_file=self.validation_file,
-            eval_articles=self.config.validation_articles,
             resume=out.exists(),  # an interrupted stage continues from its latest checkpoint
             progress=progress,
             length_drop=dataclasses.replace(section.length_drop, enabled=length_drop),
         )
-        result = train(settings)
+        result = train(model, data, out, settings)
+        if result is None:  # another process of a multi-process run: it goes on to the next stage, the main one reports
+            return {}
         return {"best_f1": result.best_f1, "steps": result.steps, "examples_per_second": result.examples_per_second}
 
     def _finetune(self, progress: bool) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quala.config import setting
 from quala.data import SquadData
 from quala.errors import QualaError
 from quala.export import export_model, staging_dir
@@ -35,11 +36,19 @@ CALIBRATION_FEATURES = 100
 
 @dataclass
 class QuantizeConfig:
-    """Settings of the quantize stage."""
+    """Settings of the quantize stage; each field is also a ``quala quantize`` option (:mod:`quala.cli_options`)."""
 
-    mode: str = "dynamic"  # dynamic: activations quantized at run time | static: QDQ graph, calibrated ranges
-    keep_fp32: str = "ffn-output"  # ffn-output: FFN output projections stay fp32 (docs/inference.md) | none
-    calibration_features: int = CALIBRATION_FEATURES  # static mode: features whose activations set the ranges
+    mode: str = setting(
+        "dynamic",
+        "dynamic: activations quantized at run time (fastest here); static: QDQ graph with activation ranges "
+        "calibrated on --calibration-file.",
+    )
+    keep_fp32: str = setting(
+        "ffn-output",
+        "ffn-output: keep the FFN output projections (activation outliers) in fp32; none: every Linear layer int8 "
+        "(faster, less accurate; measured in docs/inference.md).",
+    )
+    calibration_features: int = setting(CALIBRATION_FEATURES, "Number of calibration features (--mode static).")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -15,9 +15,9 @@ Every engine call runs on one worker thread, so concurrent requests are safe. Wi
 worker merges the requests waiting in its queue that resolved to the same length configuration into one
 ``answer_batch`` call. Bad input never reaches the engine as a crash: body size is checked before parsing
 (413), malformed bodies get 400, invalid fields and impossible budgets 422, a full queue 503, each with a
-JSON body ``{"error": "...", "detail": ...}`` that says what to fix. The worker is :mod:`quala.serve_worker`, the
-Prometheus metrics :mod:`quala.serve_metrics`; this module (a little over 500 lines) is the HTTP API as a client
-sees it: settings, schemas, the error contract and the routes.
+JSON body ``{"error": "...", "detail": ...}`` that says what to fix. The settings are :mod:`quala.serve_config`,
+the worker :mod:`quala.serve_worker`, the Prometheus metrics :mod:`quala.serve_metrics`; this module is the HTTP
+API as a client sees it: schemas, the error contract and the routes.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
@@ -42,49 +40,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quala.adaptive import HEADROOM, LatencyTarget, config_key
 from quala.budget import Budget
-from quala.builtin import BUILTIN_MODEL
 from quala.engine import Answer, QAEngine
 from quala.errors import QualaError
 from quala.front import FrontPoint
+from quala.serve_config import ServeConfig
 from quala.serve_metrics import MetricsMiddleware, ServeMetrics
 from quala.serve_worker import AUTO, Busy, EngineWorker
 
 log = logging.getLogger("quala.serve")
 
 MAX_TOP_K = 20  # DataConfig.n_best_size: postprocess keeps at most this many spans per question
-
-
-@dataclass
-class ServeConfig:
-    """Server settings (``quala serve`` options)."""
-
-    model: str = BUILTIN_MODEL  # loaded by serve(), shown by GET /v1/model
-    host: str = "127.0.0.1"
-    port: int = 8000
-    backend: str = "auto"
-    threads: int | None = None
-    max_context_chars: int = 100_000  # longer contexts get 413 (~100 doc-stride windows)
-    max_question_chars: int = 1_000
-    max_batch: int = 32  # questions per /v1/answer/batch request, and per merged micro-batch
-    max_body_bytes: int = 8 * 1024 * 1024  # checked before the body is parsed
-    micro_batch: bool = False  # merge queued requests sharing a length configuration (docs/serving.md)
-    batch_window_ms: float = 2.0  # with micro_batch: how long the worker waits for more requests to merge
-    max_queue: int = 256  # requests waiting for the engine; more get 503 (bounds memory under overload)
-    target_p95_ms: float | None = None  # latency-target mode for requests without a budget (None: off)
-
-    def __post_init__(self) -> None:
-        for name in ("max_context_chars", "max_question_chars", "max_batch", "max_body_bytes", "max_queue"):
-            if getattr(self, name) < 1:
-                raise QualaError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.batch_window_ms <= 1000:
-            raise QualaError(f"batch-window-ms must be in [0, 1000], got {self.batch_window_ms}")
-        if not 0 < self.port < 65536:
-            raise QualaError(f"port must be in 1..65535, got {self.port}")
-        if self.threads is not None and self.threads < 1:
-            raise QualaError(f"threads must be >= 1, got {self.threads}")
-        t = self.target_p95_ms
-        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
-            raise QualaError(f"target-p95-ms must be a number of milliseconds > 0, got {t!r}")
 
 
 # ------------------------------------------------------------------------------------------ schemas

@@ -10,11 +10,12 @@ One loop serves every mode:
   start and end logits; each pass has its own backward, losses divided by the number of passes, one clip and
   one optimizer step (sandwich rule, Yu & Huang 2019).
 
-The settings are :mod:`quala.train_config`; checkpoints and ``--resume`` are :mod:`quala.checkpoint`. The output
-directory holds the model with the best validation F1 (the full model's, or as ``select`` says; the last one
-without validation), which ``quala evaluate`` and ``quala answer`` load directly. The module is one loop
-(:class:`Trainer`) and its builder, a little over 500 lines: splitting the loop would spread one training step
-over several files.
+``train(model, data, output, config)`` is the stage: the starting model, the training and validation questions
+(:class:`~quala.data.TrainData`), the output directory and the settings (:mod:`quala.train_config`); checkpoints
+and ``resume`` are :mod:`quala.checkpoint`. The output directory holds the model with the best validation F1 (the
+full model's, or as ``select`` says; the last one without validation), which ``quala evaluate`` and ``quala
+answer`` load directly. The module is one loop (:class:`Trainer`) and its builder, a little over 500 lines:
+splitting the loop would spread one training step over several files.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ import torch
 
 from quala.checkpoint import CHECKPOINTS, Parts, resume_checkpoint, save_checkpoint, save_model_files
 from quala.config import EvalConfig, save_resolved
-from quala.data import Features, SquadData, collate, length_grouped_batches, load_squad, prepare_features
+from quala.data import Features, SquadData, TrainData, collate, length_grouped_batches, prepare_features
 from quala.engine import TorchPredictor
 from quala.errors import QualaError
 from quala.io import machine_info
 from quala.model import LengthAdaptiveQA, load_tokenizer
-from quala.model_dir import write_manifest
+from quala.model_dir import ModelDir, write_manifest
 from quala.objectives import (
     IntermediateKD,
     LengthDropSampler,
@@ -68,11 +69,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def load_train_data(config: TrainConfig) -> list[SquadData]:
-    articles = config.train_articles or [None] * len(config.train_files)
-    return [load_squad(f, a if a not in ("", ":") else None) for f, a in zip(config.train_files, articles, strict=True)]
-
-
 def check_same_vocab(student_tok: Any, teacher_tok: Any, teacher: str) -> None:
     """Logit distillation compares token positions, so both models must tokenise identically."""
     if student_tok.get_vocab() != teacher_tok.get_vocab():
@@ -132,22 +128,28 @@ def adamw(
 
 # ------------------------------------------------------------------------------------------- trainer
 class Trainer:
-    """The training loop. Build it with :func:`build_trainer` (files) or directly (features in memory)."""
+    """The training loop. Build it with :func:`build_trainer` (questions) or directly (features in memory).
+
+    ``sources``: what ``manifest.json`` records about where the model and the data came from.
+    """
 
     def __init__(
         self,
-        config: TrainConfig,
         model: LengthAdaptiveQA,
         tokenizer: Any,
         train_features: Features,
+        output: str | Path,
+        config: TrainConfig,
         eval_data: SquadData | None = None,
         teacher: LengthAdaptiveQA | None = None,
+        sources: dict[str, Any] | None = None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.config = config
-        self.out = Path(config.output_dir)
+        self.out = Path(output)
+        self.sources = sources or {}
         if config.threads:
             torch.set_num_threads(config.threads)
         ld = config.length_drop
@@ -537,14 +539,9 @@ class Trainer:
         write_manifest(
             self.out,
             "train",
-            source_model=cfg.model,
+            **self.sources,
             teacher=cfg.kd.teacher,
             length_drop=cfg.length_drop.enabled,
-            train_data=[
-                {"file": f, "articles": a}
-                for f, a in zip(cfg.train_files, cfg.train_articles or [None] * len(cfg.train_files), strict=True)
-            ],
-            eval_data={"file": cfg.eval_file, "articles": cfg.eval_articles} if cfg.eval_file else None,
             steps=self.step,
             best_f1=self.best_f1,
             best_step=self.best_step,
@@ -554,24 +551,27 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------- building
-def build_trainer(config: TrainConfig) -> Trainer:
-    """Load model, teacher, tokenizer and data, checking every input before any training starts."""
-    config.check_io()
-    out = Path(config.output_dir)
+def build_trainer(
+    model: str | Path | ModelDir, data: TrainData, output: str | Path, config: TrainConfig | None = None
+) -> Trainer:
+    """Load the model, teacher and tokenizer and tokenise the data, checking every input before any training
+    starts."""
+    config = config or TrainConfig()
+    out = Path(output)
     if not config.resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).glob("step-*")):
         raise QualaError(
             f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --output-dir"
         )
     if out.exists() and not out.is_dir():
         raise QualaError(f"--output-dir {out} exists and is not a directory")
-    train_sets = load_train_data(config)
-    eval_data = None
-    if config.eval_file:
-        eval_data = load_squad(config.eval_file, config.eval_articles).spread(config.max_eval_examples)
-    model = LengthAdaptiveQA.from_pretrained(config.model, seed=config.seed)
+    if not data.train:
+        raise QualaError("no training data: give at least one --train-file")
+    eval_data = data.validation.spread(config.max_eval_examples) if data.validation is not None else None
+    source = ModelDir.resolve(model)
+    model = LengthAdaptiveQA.from_pretrained(source, seed=config.seed)
     if config.significance and config.significance != model.la_config.significance:
         model = model.with_significance(config.significance, seed=config.seed)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(source)
     teacher = None
     if config.kd.teacher:
         teacher = LengthAdaptiveQA.from_pretrained(config.kd.teacher)
@@ -581,16 +581,22 @@ def build_trainer(config: TrainConfig) -> Trainer:
             f"max_seq_length {config.data.max_seq_length} exceeds the model's "
             f"{model.config.max_position_embeddings} positions"
         )
-    examples = [ex for data in train_sets for ex in data.examples]
-    if config.max_train_examples:
-        examples = examples[: config.max_train_examples]
+    examples = [ex for split in data.train for ex in split.examples][: config.max_train_examples]
     features = prepare_features(examples, tokenizer, config.data, training=True)
-    return Trainer(config, model, tokenizer, features, eval_data, teacher)
+    sources = {
+        "source_model": source.name,
+        "train_data": [split.describe() for split in data.train],
+        "eval_data": eval_data.describe() if eval_data is not None else None,
+    }
+    return Trainer(model, tokenizer, features, out, config, eval_data, teacher, sources)
 
 
-def train(config: TrainConfig) -> TrainResult | None:
-    """Build and run a trainer; the main process returns the summary (also in ``metrics.jsonl``)."""
-    trainer = build_trainer(config)
+def train(
+    model: str | Path | ModelDir, data: TrainData, output: str | Path, config: TrainConfig | None = None
+) -> TrainResult | None:
+    """The train stage: train ``model`` on ``data`` into ``output``. Every process trains (under ``accelerate
+    launch`` or ``torchrun``); the main process returns the summary (also in ``metrics.jsonl``), the others None."""
+    trainer = build_trainer(model, data, output, config)
     result = trainer.train()
     if not trainer.accelerator.is_main_process:
         return None

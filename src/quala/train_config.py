@@ -1,16 +1,23 @@
 """Settings of the train stage (:mod:`quala.train`): the run, knowledge distillation and LengthDrop.
 
-Saved as ``quala_config.yaml`` next to the trained model; each field with a help text is also a ``quala train``
-option (:mod:`quala.cli_options`). Kept apart from the training loop so that reading them imports no torch.
+:class:`TrainConfig` is saved as ``quala_config.yaml`` next to the trained model. ``quala train`` reads
+:class:`TrainRun`, the settings plus :class:`TrainInputs` (model, data files, output directory) as flat YAML keys;
+each field with a help text is also a ``quala train`` option (:mod:`quala.cli_options`). Kept apart from the
+training loop so that reading them imports no torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quala.config import DataConfig, setting
 from quala.errors import QualaError
+
+if TYPE_CHECKING:
+    from quala.data import TrainData
 
 
 @dataclass
@@ -84,20 +91,9 @@ class ScorerConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; saved as ``quala_config.yaml`` in the output directory."""
+    """How a training run trains (the settings of :func:`quala.train.train`); saved as ``quala_config.yaml`` in
+    the output directory. Where the model, the data and the output are is :class:`TrainInputs`."""
 
-    model: str = setting("", "Student to train: model directory, hub name, or 'packaged:minilm'.", flag="--model")
-    output_dir: str = setting("", "Where the model, checkpoints and metrics go.")
-    train_files: list[str] = setting(
-        help="SQuAD v1.1 JSON training file; repeat to concatenate several files.",
-        flag="--train-file",
-        default_factory=list,
-    )
-    train_articles: list[str] = setting(
-        help="Article range A:B for each --train-file, in the same order (':' = all).", default_factory=list
-    )
-    eval_file: str | None = setting(None, "Validation file (the best model by --select is kept).")
-    eval_articles: str | None = setting(None, "Article range A:B of --eval-file, e.g. 32:40.")
     max_train_examples: int | None = setting(None, "Use the first N training questions.")
     max_eval_examples: int | None = setting(None, "Validate on N evenly spaced questions during training.")
     epochs: float = setting(2.0, "Epochs (fractions allowed).")
@@ -184,11 +180,25 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise QualaError(message)
-        if self.train_articles and len(self.train_articles) != len(self.train_files):
-            raise QualaError(
-                f"give one --train-articles per --train-file ({len(self.train_files)} files, "
-                f"{len(self.train_articles)} article ranges); use ':' for all articles"
-            )
+
+
+@dataclass
+class TrainInputs:
+    """Where a stand-alone ``quala train`` run starts from, reads its data and writes (the pipeline decides these
+    itself)."""
+
+    model: str = setting("", "Student to train: model directory, hub name, or 'packaged:minilm'.", flag="--model")
+    output_dir: str = setting("", "Where the model, checkpoints and metrics go.")
+    train_files: list[str] = setting(
+        help="SQuAD v1.1 JSON training file; repeat to concatenate several files.",
+        flag="--train-file",
+        default_factory=list,
+    )
+    train_articles: list[str] = setting(
+        help="Article range A:B for each --train-file, in the same order (':' = all).", default_factory=list
+    )
+    eval_file: str | None = setting(None, "Validation file (the best model by --select is kept).")
+    eval_articles: str | None = setting(None, "Article range A:B of --eval-file, e.g. 32:40.")
 
     def check_io(self) -> None:
         """Checks that need the run's inputs: call before loading anything."""
@@ -203,3 +213,19 @@ class TrainConfig:
                 raise QualaError(f"data file not found: {path}")
         if self.eval_articles and not self.eval_file:
             raise QualaError("--eval-articles needs --eval-file")
+
+    def load_data(self) -> TrainData:
+        """The training and validation questions these inputs name."""
+        from quala.data import TrainData
+
+        return TrainData.load(self.train_files, self.train_articles, self.eval_file, self.eval_articles)
+
+
+@dataclass
+class TrainRun(TrainConfig, TrainInputs):
+    """A stand-alone ``quala train`` run: :class:`TrainInputs` and :class:`TrainConfig` as one flat set of YAML keys
+    and flags (this base order lists the inputs first in ``--help``)."""
+
+    def settings(self) -> TrainConfig:
+        """The settings alone, for :func:`quala.train.train`."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
