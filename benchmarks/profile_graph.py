@@ -27,7 +27,7 @@ import numpy as np
 
 from quala.benchmark import batches_for
 from quala.data import load_squad, prepare_features
-from quala.engine import OnnxPredictor, session_options
+from quala.engine import OnnxPredictor, la_session, session_options
 from quala.export import FULL_GRAPH, LA_GRAPH
 from quala.io import machine_info, write_json_atomic
 from quala.lengths import parse_length_config
@@ -42,7 +42,11 @@ def profile(predictor: OnnxPredictor, graph: str, batches: list[dict], counts: l
         options = session_options(predictor.threads, predictor.spinning)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(predictor.directory / graph), options, providers=["CPUExecutionProvider"])
+        session = (
+            la_session(predictor.directory / graph, options)
+            if graph == LA_GRAPH
+            else ort.InferenceSession(str(predictor.directory / graph), options, providers=["CPUExecutionProvider"])
+        )
         names = {i.name for i in session.get_inputs()}
         for b in batches[:warmup] + batches:
             feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in b.items() if k in names}

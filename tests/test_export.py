@@ -85,6 +85,61 @@ def test_length_adaptive_graph_moves_whole_rows(tmp_path):
     assert ops.count("ReduceSum") <= 1  # the real-length count only; significance is a MatMul
 
 
+def _loaded_ops(path, tmp_path) -> list[str]:
+    """Operator types of the graph as ONNX Runtime runs it: after its load-time optimizations, in the session the
+    engine opens on a length-adaptive graph (quala.engine.la_session)."""
+    from quala.engine import la_session
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.loaded.onnx")
+    la_session(path, options)
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+SHAPE_OPS = ("Shape", "Concat", "ConstantOfShape", "Expand")
+
+
+@pytest.mark.parametrize("significance", ["attention", "learned"])
+def test_length_adaptive_graph_has_no_per_layer_shape_arithmetic(tmp_path, significance):
+    """Issue 18: the legacy exporter turned every view(B, n, H, dh), zeros(B, 1, 1, n) and flat-row index of the
+    forward into Shape/Gather/Unsqueeze/Concat arithmetic on the dynamic axes, ~110-120 nodes a layer after ONNX
+    Runtime's own optimizations (tiny BERT: 106 with learned significance, 122 with attention significance; 21 of
+    them Shape/Concat/ConstantOfShape), a fixed cost per request that tokens dropped do not reduce. With
+    quala.graph_ops's constant-shape Reshape and flat-row Gather/ScatterND a layer is ~50-55 nodes (attention,
+    LayerNorms, FFN, scorer or attention-received GEMV, TopK and the row bookkeeping) and the shape lookups happen
+    once per graph, not per layer."""
+    counts = {}
+    for layers in (2, 4):
+        model = LengthAdaptiveQA(
+            tiny_hf_qa("bert", layers=layers, vocab_size=1000), LengthAdaptiveConfig(significance=significance)
+        ).eval()
+        path = export_length_adaptive(model, tmp_path / f"{significance}-{layers}.onnx")
+        ops = _loaded_ops(path, tmp_path)
+        counts[layers] = (len(ops), sum(ops.count(op) for op in SHAPE_OPS))
+        assert ops.count("TopK") == ops.count("ScatterND") == layers
+    per_layer = (counts[4][0] - counts[2][0]) / 2
+    assert per_layer <= 60, counts  # 106-122 before issue 18
+    assert counts[4][1] == counts[2][1] <= 4, counts  # shape lookups: once per graph
+
+
+def test_length_adaptive_session_keeps_layernorm_unfused(tiny_model_dir, tmp_path):
+    """The engine's session leaves residual + LayerNorm unfused in the int8 length-adaptive graph: ONNX Runtime
+    fuses them into SkipLayerNormalization once the graph's shapes are static enough to check, which changes int8
+    answers (dynamic quantization rounds the slightly different sums differently; -0.9 F1 on 300 validation
+    questions at 384,384,384,130,82,24 for the squad-mini LengthDrop model) and was not faster (docs/inference.md)."""
+    from quala.quantize import quantize
+
+    quantize(tiny_model_dir, None, tmp_path / "int8")
+    path = tmp_path / "int8" / "model.onnx"
+    ops = _loaded_ops(path, tmp_path)
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 1 + 2 * 4
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in [n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node]
+
+
 def test_length_adaptive_graph_is_fused_except_attention(tmp_path):
     """Residual + LayerNorm and bias + GELU are fused in every layer; attention is not (significance reads its
     probabilities), so each layer keeps its Softmax."""

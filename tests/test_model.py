@@ -11,6 +11,7 @@ from conftest import tiny_hf_qa
 
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
+from quala.graph_ops import reshape
 from quala.lengths import parse_length_config
 from quala.model import LengthAdaptiveQA, keep_counts
 
@@ -125,6 +126,18 @@ def test_keep_counts_rules():
     assert keep_counts(315, real, alive, "ratio", 384).tolist() == [315, 158, 9, 1]
     assert keep_counts(315, real, alive, "clip", 384).tolist() == [315, 192, 10, 1]
     assert keep_counts(1, real, alive, "ratio", 384).tolist() == [1, 1, 1, 1]
+
+
+def test_graph_reshape_follows_onnx_semantics():
+    """quala.graph_ops.reshape, run eagerly, is what ONNX Reshape does with the same constant shape (0 copies the
+    input's dimension at that index, -1 is inferred), so the exported graph and PyTorch agree."""
+    x = torch.arange(24).reshape(2, 3, 4)
+    assert reshape(x, (0, -1, 2, 2)).shape == (2, 3, 2, 2)
+    assert torch.equal(reshape(x, (0, 0, -1)), x)
+    assert reshape(x, (-1, 4)).shape == (6, 4)
+    assert reshape(x.reshape(2, 2, 3, 2), (0, -1, 0)).shape == (2, 4, 3)  # index 2 copies the input's dim 2
+    with pytest.raises(ValueError, match="-1"):
+        reshape(x, (0, 3, 4))
 
 
 def test_layer_skip_keeps_previous_length():

@@ -100,6 +100,22 @@ def session_options(threads: int | None, spinning: bool = False):
     return options
 
 
+# ONNX Runtime's load-time optimizers left off on the length-adaptive graph. SkipLayerNormFusion fuses residual +
+# LayerNorm once the graph's shapes are static enough to check (quala.graph_ops made them so): it changes int8
+# answers (dynamic quantization rounds the slightly different sums differently: -0.9 F1 on 300 validation
+# questions for the squad-mini model) and measured no faster (docs/inference.md, issue 18).
+LA_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def la_session(path: str | Path, options: Any) -> Any:
+    """An ONNX Runtime session on a length-adaptive graph (see :data:`LA_DISABLED_OPTIMIZERS`)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(LA_DISABLED_OPTIMIZERS)
+    )
+
+
 class OnnxPredictor:
     """ONNX Runtime backend over an exported (fp32 or int8) model directory (see :mod:`quala.export`).
 
@@ -124,7 +140,7 @@ class OnnxPredictor:
         self.tokenizer = load_tokenizer(model)
         options = session_options(threads, spinning)
         providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(directory / LA_GRAPH), options, providers=providers)
+        self.session = la_session(directory / LA_GRAPH, options)
         full = directory / FULL_GRAPH
         self.full_session = ort.InferenceSession(str(full), options, providers=providers) if full.is_file() else None
         self.input_names = {i.name for i in self.session.get_inputs()}

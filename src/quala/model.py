@@ -25,6 +25,7 @@ from torch import nn
 
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
+from quala.graph_ops import exporting, put_rows, reshape
 from quala.lengths import validate_length_config
 from quala.model_dir import CONFIG_KEY, ModelDir, la_config_of, store_la_config
 
@@ -192,8 +193,15 @@ class LengthAdaptiveQA(nn.Module):
         if output_token_scores and not learned:
             raise QualaError("output_token_scores needs a model with significance 'learned'")
         h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, L, D)
-        kept = _Kept.of(attention_mask.bool(), B, L)
-        prev = self.la_config.reference_length
+        kept = _Kept.of(attention_mask.bool(), h)
+        rule, ref = self.la_config.length_rule, self.la_config.reference_length
+        prev = ref
+        # a tensor config (the exported graph's input): every layer's wanted count at once, (B, N)
+        wanted = (
+            keep_counts(length_config, kept.real[:, None], kept.real[:, None], rule, ref)
+            if isinstance(length_config, torch.Tensor)
+            else None
+        )
         hiddens = [h] if output_hidden_states else None
         attns = [] if output_attentions else None
         alive_out = [] if output_hidden_states else None
@@ -205,7 +213,7 @@ class LengthAdaptiveQA(nn.Module):
                     alive_out.append(alive_out[-1] if alive_out else kept.mask)
                 continue
             n_i, drop = _target_length(length_config, i, prev)
-            if n_i is not None and not isinstance(n_i, torch.Tensor):
+            if n_i is not None:
                 prev = n_i
                 if n_i == 0:  # a depth configuration: this layer and every later one are skipped
                     break
@@ -216,15 +224,16 @@ class LengthAdaptiveQA(nn.Module):
                 attns.append(probs)
             scores = self.scorer(attn_out, i) if learned and (drop or scores_out is not None) else None  # (B, n)
             if scores_out is not None:
-                for store, value in zip(scores_out, (scores, kept.positions, kept.mask)):
+                for store, value in zip(scores_out, (scores, kept.slots(), kept.mask)):
                     store.append(value)
             if drop:
-                attn_out = kept.drop(attn_out, h, n_i, _significance(scores, probs, kept.mask), self.la_config)
+                want = wanted[:, i] if wanted is not None else keep_counts(n_i, kept.real, kept.real, rule, ref)
+                attn_out = kept.drop(attn_out, h, want, _significance(scores, probs, kept.mask))
             h = layer.output(layer.intermediate(attn_out), attn_out)  # FFN on kept tokens only
             kept.restore(h)
             if hiddens is not None:
                 hiddens.append(kept.restored(h))
-                alive_out.append(_alive_positions(kept.positions, kept.mask, B, L))
+                alive_out.append(_alive_positions(kept.slots(), kept.mask, B, L))
         if hiddens is not None:  # skipped layers (a depth configuration) pass their input through
             hiddens += [hiddens[-1]] * (self.num_layers + 1 - len(hiddens))
             alive_out += [alive_out[-1] if alive_out else kept.mask] * (self.num_layers - len(alive_out))
@@ -246,13 +255,9 @@ class LengthAdaptiveQA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Self-attention + output projection/residual/LayerNorm of one layer, with probabilities if needed."""
         attn = layer.attention.self
-        B, n, _ = h.shape
         H, dh = attn.num_attention_heads, attn.attention_head_size
-        q = attn.query(h).view(B, n, H, dh).transpose(1, 2)  # (B, H, n, dh)
-        k = attn.key(h).view(B, n, H, dh).transpose(1, 2)
-        v = attn.value(h).view(B, n, H, dh).transpose(1, 2)
-        bias = torch.zeros(B, 1, 1, n, dtype=h.dtype, device=h.device)
-        bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(h.dtype).min)  # (B, 1, 1, n)
+        q, k, v = (reshape(proj(h), (0, -1, H, dh)).transpose(1, 2) for proj in (attn.query, attn.key, attn.value))
+        bias = torch.where(reshape(mask, (0, 1, 1, -1)), 0.0, torch.finfo(h.dtype).min).to(h.dtype)  # (B, 1, 1, n)
         p_drop = attn.dropout.p if self.training else 0.0
         probs = None
         if need_probs:
@@ -261,16 +266,17 @@ class LengthAdaptiveQA(nn.Module):
             ctx = torch.matmul(F.dropout(probs, p_drop, self.training), v)  # (B, H, n, dh)
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=attn.scaling)
-        ctx = ctx.transpose(1, 2).reshape(B, n, H * dh)  # (B, n, D)
+        ctx = reshape(ctx.transpose(1, 2), (0, 0, -1))  # (B, n, D)
         return layer.attention.output(ctx, h), probs
 
 
-def _target_length(length_config: LengthConfig, i: int, prev: int) -> tuple[int | torch.Tensor | None, bool]:
-    """Layer ``i``'s token count and whether it drops tokens (a tensor config always runs the drop step)."""
+def _target_length(length_config: LengthConfig, i: int, prev: int) -> tuple[int | None, bool]:
+    """Layer ``i``'s token count and whether it drops tokens. A tensor config always runs the drop step; its
+    counts (``None`` here) come from the forward's table of every layer's wanted counts."""
     if length_config is None:
         return None, False
     if isinstance(length_config, torch.Tensor):
-        return length_config[i], True
+        return None, True
     n_i = int(length_config[i])
     return n_i, n_i < prev
 
@@ -278,71 +284,68 @@ def _target_length(length_config: LengthConfig, i: int, prev: int) -> tuple[int 
 @dataclass
 class _Kept:
     """Drop-and-Restore bookkeeping (LAT §3.2): which original positions the gathered sequence holds, which of
-    its slots are alive, and the full-length restore buffer (None until the first drop)."""
+    its slots are alive, and the full-length restore buffer (None until the first drop).
 
-    positions: torch.Tensor  # (B, n) original index of each slot
+    The buffer is flat, (B·L + 1, D): row ``b·L + j`` holds position ``j`` of input row ``b``, and the last row is a
+    sink for masked slots, so every restore is one row scatter with no reshape of the dynamic axes."""
+
     mask: torch.Tensor  # (B, n) alive slots
     real: torch.Tensor  # (B,) real tokens of each input row
     alive: torch.Tensor  # (B,) alive slots now
-    length: int  # L, the input length
-    buffer: torch.Tensor | None = None  # (B, L+1, D); slot L is a sink for masked slots
+    template: torch.Tensor  # (B, L, D) the embeddings output: what the restored sequence looks like
+    rows: torch.Tensor  # (B, 1) each input row's index
+    width: int | torch.Tensor = 0  # k, the slots of each row (set by each drop)
+    positions: torch.Tensor | None = None  # (B, n) original index of each slot; None: nothing dropped yet
+    buffer: torch.Tensor | None = None  # (B*L + 1, D)
+    offsets: torch.Tensor | None = None  # (B, 1) each input row's first buffer row, b*L
+    sink: int | torch.Tensor = 0  # B*L, the buffer's sink row
 
     @classmethod
-    def of(cls, mask: torch.Tensor, B: int, L: int) -> _Kept:
-        """Nothing dropped yet; ``B, L`` come from the input ids (one shape lookup in an exported graph)."""
+    def of(cls, mask: torch.Tensor, h: torch.Tensor) -> _Kept:
         real = mask.sum(-1)
-        return cls(torch.arange(L, device=mask.device).expand(B, L), mask, real, real, L)
+        return cls(mask, real, real, h, torch.arange(h.shape[0], device=h.device)[:, None])
 
-    def drop(
-        self,
-        attn_out: torch.Tensor,
-        h: torch.Tensor,
-        n_i: int | torch.Tensor,
-        sig: torch.Tensor,
-        la: LengthAdaptiveConfig,
-    ) -> torch.Tensor:
-        """Keep each row's most significant tokens; ``h`` (the states before this layer) seeds the buffer."""
-        keep = keep_counts(n_i, self.real, self.alive, la.length_rule, la.reference_length)  # (B,)
-        k = keep.max() if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else int(keep.max())
+    def slots(self) -> torch.Tensor:
+        """Original position of each slot (B, n)."""
+        if self.positions is not None:
+            return self.positions
+        B, L = self.mask.shape
+        return torch.arange(L, device=self.mask.device).expand(B, L)
+
+    def drop(self, attn_out: torch.Tensor, h: torch.Tensor, want: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        """Keep each row's ``want`` (B,) most significant tokens (at most its alive ones); ``h`` (the states before
+        this layer) seeds the buffer."""
+        keep = torch.minimum(want, self.alive)  # (B,)
+        k = keep.max() if torch.jit.is_tracing() or exporting() else int(keep.max())
         idx = sig.topk(k, dim=-1).indices  # (B, k), most significant first
-        self.positions = self.positions.gather(1, idx)
-        ranks = torch.arange(idx.shape[1], device=h.device)
-        self.mask = ranks[None, :] < keep[:, None]  # (B, k): the first keep[b] slots of row b are alive
+        self.positions = idx if self.positions is None else self.positions.gather(1, idx)
+        self.mask = torch.arange(k, device=h.device)[None, :] < keep[:, None]  # the first keep[b] slots are alive
         self.alive = keep
-        if self.buffer is None:
-            self.buffer = torch.cat([h, h.new_zeros(h.shape[0], 1, h.shape[-1])], dim=1)
-        return _take_rows(attn_out, idx)  # (B, k, D)
+        D = int(h.shape[-1])
+        if self.buffer is None:  # the first drop: slot j is position j
+            B, L, _ = h.shape
+            self.buffer = torch.cat([reshape(h, (-1, D)), h.new_zeros(1, D)])
+            self.offsets, self.sink = self.rows * L, B * L
+            starts = self.offsets
+        else:
+            starts = self.rows * self.width
+        self.width = k
+        # whole rows of the flat (B*n, D) view: one row Gather when exported (x.gather(1, ...) would export to an
+        # element-wise GatherElements over a (B, k, D) index tensor)
+        taken = F.embedding(idx + starts, reshape(attn_out, (-1, D)))  # (B, k, D)
+        # an identity Reshape (free in ONNX Runtime): the transformer optimizer (export's fuse=True) takes a Gather
+        # that feeds a residual Add for an embedding lookup and would leave that Add + LayerNorm unfused
+        return reshape(taken, (0, -1, D))
 
     def restore(self, h: torch.Tensor) -> None:
         """Write the alive tokens' new states into the buffer (masked slots go to the sink)."""
         if self.buffer is not None:
-            sink = torch.where(self.mask, self.positions, torch.full_like(self.positions, self.length))  # (B, k)
-            self.buffer = _put_rows(self.buffer, sink, h)
+            targets = torch.where(self.mask, self.positions + self.offsets, self.sink)  # (B, k) buffer rows
+            self.buffer = put_rows(self.buffer, targets, h)
 
     def restored(self, h: torch.Tensor) -> torch.Tensor:
         """The full-length sequence: ``h`` itself while nothing was dropped."""
-        return h if self.buffer is None else self.buffer[:, : self.length]  # (B, L, D)
-
-
-def _flat_rows(idx: torch.Tensor, width: int) -> torch.Tensor:
-    """Row numbers in the (B*width, D) view of a (B, width, D) tensor for per-batch row indices ``idx`` (B, k)."""
-    return (idx + torch.arange(idx.shape[0], device=idx.device).unsqueeze(1) * width).reshape(-1)  # (B*k,)
-
-
-def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[b, idx[b, j]]`` for ``x`` (B, n, D) and ``idx`` (B, k): a row ``Gather`` in ONNX, instead of the
-    element-wise ``GatherElements`` over a (B, k, D) index tensor that ``x.gather(1, ...)`` exports to."""
-    B, n, D = x.shape
-    return x.reshape(-1, D).index_select(0, _flat_rows(idx, n)).view(B, -1, D)
-
-
-def _put_rows(buffer: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Out-of-place ``buffer[b, idx[b, j]] = rows[b, j]`` (buffer (B, m, D), idx/rows (B, k[, D])), exported as
-    a row ``ScatterND``; the element-wise ``ScatterElements`` of ``buffer.scatter`` was among the int8 graph's
-    costliest non-matmul ops (docs/inference.md §1). Rows sent to one index must be interchangeable (here: the
-    discarded sink slot)."""
-    B, m, D = buffer.shape
-    return buffer.reshape(-1, D).index_put((_flat_rows(idx, m),), rows.reshape(-1, D)).view(B, m, D)
+        return h if self.buffer is None else self.buffer[:-1].view_as(self.template)  # (B, L, D)
 
 
 def _alive_positions(positions: torch.Tensor, mask: torch.Tensor, B: int, L: int) -> torch.Tensor:
@@ -356,11 +359,11 @@ def _significance(scores: torch.Tensor | None, probs: torch.Tensor | None, mask:
     given, else the attention each token receives, summed over heads and alive queries (LAT §3.2), as one GEMV
     over (head, query) rows, faster in ONNX Runtime than Mul + ReduceSum (docs/inference.md)."""
     if scores is not None:
-        return scores.detach().masked_fill(~mask, torch.finfo(scores.dtype).min)
-    B, H, n = probs.shape[0], probs.shape[1], probs.shape[-1]
+        return torch.where(mask, scores.detach(), torch.finfo(scores.dtype).min)
+    H = int(probs.shape[1])  # a constant in the exported graph
     weights = mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # (B, 1, H*n): alive queries, per head
-    sig = torch.matmul(weights, probs.reshape(B, H * n, n)).squeeze(1)  # (B, n)
-    return sig.masked_fill(~mask, -1.0)
+    sig = torch.matmul(weights, reshape(probs, (0, -1, 0))).squeeze(1)  # (B, H*n, n) rows: (B, n)
+    return torch.where(mask, sig, -1.0)
 
 
 def _load_scorer(scorer: TokenScorer, path: Path, required: bool) -> None:
