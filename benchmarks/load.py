@@ -55,6 +55,9 @@ MAX_CONNECTIONS = 512  # the open-loop client's connection pool; the server's qu
 # closes at the same instant is a client-side ReadError that says nothing about the server.
 KEEPALIVE_S = 2.0
 SETTLE_S = 1.0  # pause between two runs of the sweep
+# sweep arms: fixed full length; latency-target mode; (--queue-arm) latency-target mode with the queue rule only
+SWEEP_ARMS = ("full", "target", "queue")
+ARM_LABELS = {"full": "full length", "target": "target", "queue": "target, queue rule only"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +88,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"sweep: the target of arm (b) (default: {TARGET_FACTOR}x the median full-length engine "
         "time measured with the capacity).",
     )
+    p.add_argument(
+        "--target-load",
+        type=float,
+        default=None,
+        help="sweep: the target arm's --target-load (default: the server's, 0.7).",
+    )
+    p.add_argument(
+        "--queue-arm",
+        action="store_true",
+        help="sweep: a third arm, latency-target mode with the queue rule only (--target-load 1000), the design "
+        "before the arrival-rate rule.",
+    )
     p.add_argument("--capacity-seconds", type=float, default=20.0, help="sweep: length of the capacity run.")
     p.add_argument("--capacity-clients", type=int, default=2, help="sweep: closed-loop clients of that run.")
     p.add_argument("--max-requests", type=int, default=5000, help="sweep: most requests per run.")
@@ -99,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--duration, --timeout and --capacity-seconds must be > 0")
     if args.target_p95_ms is not None and not (math.isfinite(args.target_p95_ms) and args.target_p95_ms > 0):
         p.error(f"--target-p95-ms must be a number of milliseconds > 0, got {args.target_p95_ms}")
+    if args.target_load is not None and not (math.isfinite(args.target_load) and args.target_load > 0):
+        p.error(f"--target-load must be a share of the engine's time > 0, got {args.target_load}")
     try:
         args.rate_list = [float(r) for r in args.rates.split(",")]
         args.setup_list = [tuple(int(x) for x in s.lower().split("x")) for s in args.setups.split(",")]
@@ -400,17 +417,23 @@ def sweep_mode(args: argparse.Namespace, examples: list[Example]) -> dict:
         f"full length sustains {mu} req/s (engine p50 {cap['engine_latency_ms_p50']} ms); target {target} ms",
         flush=True,
     )
-    arms = {
-        "full": lambda ex: {"question": ex.question, "context": ex.context, "length_config": "full"},
-        "target": lambda ex: {"question": ex.question, "context": ex.context},
+    full = {"full": lambda ex: {"question": ex.question, "context": ex.context, "length_config": "full"}}
+    arms = {**full, **dict.fromkeys(SWEEP_ARMS[1:], lambda ex: {"question": ex.question, "context": ex.context})}
+    adaptive = ("--target-p95-ms", str(target))
+    specs = {
+        "full": (),
+        "target": adaptive + (("--target-load", str(args.target_load)) if args.target_load is not None else ()),
+        "queue": adaptive + ("--target-load", "1000"),
     }
+    names = ["full", "target"] + (["queue"] if args.queue_arm else [])
     runs = []
-    with servers(args, [(None, ()), (None, ("--target-p95-ms", str(target)))]) as [(_, plain), (_, adaptive)]:
-        model = httpx.get(adaptive + "/v1/model", timeout=args.timeout).json()
+    with servers(args, [(None, specs[name]) for name in names]) as procs:
+        urls = {name: url for name, (_, url) in zip(names, procs, strict=True)}
+        model = httpx.get(urls["target"] + "/v1/model", timeout=args.timeout).json()
         for n, factor in enumerate(args.rate_list):
             arrivals = poisson_arrivals(factor * mu, args.duration, args.max_requests, args.seed + n)
             asked = [examples[k % len(examples)] for k in range(len(arrivals))]
-            for arm, url in (("full", plain), ("target", adaptive)):  # same arrivals, same questions
+            for arm, url in urls.items():  # same arrivals, same questions
                 results = asyncio.run(open_loop(url, arrivals, [arms[arm](ex) for ex in asked], args.timeout))
                 row = {"arm": arm, "load_factor": factor, **summarize(results, asked, args.duration)}
                 runs.append(row)
@@ -429,6 +452,8 @@ def sweep_mode(args: argparse.Namespace, examples: list[Example]) -> dict:
             "capacity_clients": args.capacity_clients,
             "capacity_seconds": args.capacity_seconds,
             "max_requests": args.max_requests,
+            "arms": names,
+            "target_load": args.target_load,
         },
         "capacity": cap,
         "full_length_capacity_rps": mu,
@@ -449,11 +474,11 @@ def sweep_tables(result: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for factor in result["config"]["rates"]:
-        for arm in ("full", "target"):
+        for arm in [a for a in SWEEP_ARMS if (factor, a) in rows]:
             r = rows[(factor, arm)]
             lat = r["latency_ms"] or {}
             lines.append(
-                f"| {factor}x | {r['offered_rps']} | {'full length' if arm == 'full' else 'target'} | "
+                f"| {factor}x | {r['offered_rps']} | {ARM_LABELS[arm]} | "
                 f"{lat.get('p50')} / {lat.get('p95')} / {lat.get('p99')} | {r['throughput_rps']} | "
                 f"{r['errors']} ({r['errors_503']}) | {r['served_f1']} | {r['mean_macs_fraction']} |"
             )
@@ -467,8 +492,14 @@ def plot_sweep(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_p95, ax_f1) = plt.subplots(1, 2, figsize=(10, 4))
-    for arm, label, marker in (("full", "fixed full length", "o"), ("target", "latency-target mode", "s")):
+    for arm, label, marker in (
+        ("full", "fixed full length", "o"),
+        ("target", "latency-target mode", "s"),
+        ("queue", "latency-target mode, queue rule only", "^"),
+    ):
         runs = [r for r in result["runs"] if r["arm"] == arm]
+        if not runs:
+            continue
         x = [r["load_factor"] for r in runs]
         ax_p95.plot(x, [(r["latency_ms"] or {}).get("p95", np.nan) for r in runs], marker=marker, label=label)
         ax_f1.plot(

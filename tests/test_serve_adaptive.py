@@ -15,7 +15,18 @@ from conftest import run_cli
 from fastapi.testclient import TestClient
 from test_serve import CONTEXT, LIMITS, QUESTION, front_model_dir  # noqa: F401 - the fixture is used by name
 
-from quala.adaptive import HEADROOM, Backlog, CostModel, LatencyTarget, Line, calibrate, config_key
+from quala.adaptive import (
+    HEADROOM,
+    RATE_WINDOW_S,
+    UTILIZATION,
+    Arrivals,
+    Backlog,
+    CostModel,
+    LatencyTarget,
+    Line,
+    calibrate,
+    config_key,
+)
 from quala.budget import Budget, resolve_budget
 from quala.engine import Answer
 from quala.front import FrontPoint
@@ -102,6 +113,48 @@ def test_choice_accounts_for_the_batch_size():
     assert t.choose(batch=1) == BEST
 
 
+def test_choice_follows_the_arrival_rate():
+    """Hand-computed: with an empty queue, a point is chosen only if the last 2 s of arrivals, all answered at it,
+    keep the engine busy at most 70 % of the time (one-question calls: BEST 64 ms, MID 44, CHEAP 24)."""
+    assert (RATE_WINDOW_S, UTILIZATION) == (2.0, 0.7)
+    clock = FakeClock()
+    t = target(clock)
+    for _ in range(20):  # 10 questions/s: BEST takes 0.64 of the engine's time
+        clock.t += 0.1
+        t.arrivals.add(1.0)
+    assert t.arrivals.rates() == pytest.approx((10.0, 0.0))
+    assert t.demand() == pytest.approx(0.64)  # at BEST, the most accurate point
+    assert t.choose() == BEST
+    t.arrivals.add(1.0)  # two more at once: 22 in 2 s, 11/s: BEST 0.704, MID 0.484
+    t.arrivals.add(1.0)
+    assert t.arrivals.rates() == pytest.approx((11.0, 0.0))
+    assert t.choose() == MID
+    for _ in range(20):  # 20 in the next 2/3 s: 36 in the window, 18/s: MID 0.792, CHEAP 0.432
+        clock.t += 1 / 30
+        t.arrivals.add(1.0)
+    assert t.arrivals.rates() == pytest.approx((18.0, 0.0))
+    assert t.choose() == CHEAP
+    for _ in range(30):  # 66 in the window, 33/s: even CHEAP takes 0.792: nothing keeps up, the fastest
+        t.arrivals.add(1.0)
+    assert t.choose() == CHEAP
+    clock.t += RATE_WINDOW_S + 1e-6  # the arrivals age out of the window: idle again
+    assert t.arrivals.rates() == (0.0, 0.0) and t.choose() == BEST
+
+
+def test_arrivals_count_long_and_short_requests_in_cost_units():
+    """A long document (3 units) is one first unit and two further ones; a short one a quarter of a first."""
+    clock = FakeClock()
+    arrivals = Arrivals(clock, window_s=1.0)
+    arrivals.add(3.0)
+    arrivals.add(0.1)
+    assert arrivals.rates() == pytest.approx((1.25, 2.0))
+    cost = CostModel(FIRST, EXTRA, fake_macs)
+    # at MID: 1.25 * 44 ms + 2 * 20 ms of engine time per second
+    assert cost.load(MID.length_config, *arrivals.rates()) == pytest.approx(1.25 * 0.044 + 2 * 0.020)
+    clock.t = 1.0
+    assert arrivals.rates() == (0.0, 0.0)
+
+
 def test_request_size_scales_the_prediction_and_the_choice():
     """With ref_chars, a request counts as (question + context characters) / ref_chars units: a long document
     (several windows) is predicted as a call of that many units, a short one as a fraction of one."""
@@ -157,6 +210,43 @@ def test_calibration_times_each_point_and_fits_lines():
     assert calls[1:5] == [(config_key(p.length_config), 1) for p in FRONT]  # rounds over the whole front
     assert calls[13:] == [(config_key(p.length_config), 8) for p in FRONT] and len(calls) == 17
     assert [m["batch_1_ms"] for m in got.measured] == pytest.approx([24, 44, 64, 84])
+    # timings on the line are already monotone: each point keeps its own
+    assert [got.points[config_key(p.length_config)] for p in FRONT] == pytest.approx([0.024, 0.044, 0.064, 0.084])
+
+
+def test_isotonic_pools_what_falls_where_it_should_rise():
+    from quala.adaptive import isotonic
+
+    assert isotonic([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    assert isotonic([3.0, 1.0, 2.0, 5.0]) == pytest.approx([2.0, 2.0, 2.0, 5.0])
+    assert isotonic([1.0, 4.0, 2.0, 3.0, 0.5]) == pytest.approx([1.0, 2.375, 2.375, 2.375, 2.375])
+    assert isotonic([]) == []
+
+
+def test_points_that_cost_the_same_give_way_to_the_most_accurate():
+    """Measured single-question times that do not fall with the MACs (CHEAP 30 ms, MID 28, BEST 64, FULL 84):
+    CHEAP and MID pool to 29 ms, so a request that BEST does not fit gets MID (more accurate), where the line
+    in MACs through the same timings (CHEAP 21.8 ms, MID 41.6 ms) would pick CHEAP."""
+    clock = FakeClock()
+    timings = {config_key(CHEAP.length_config): 0.030, config_key(MID.length_config): 0.028}
+
+    class Engine:
+        def answer_batch(self, items, length_config):
+            key = None if length_config == "full" else config_key(length_config)
+            line = CostModel(FIRST, EXTRA, fake_macs).calibrated(key, len(items))
+            clock.t += timings.get(key, line) if len(items) == 1 else line
+
+        def macs(self, key):
+            return fake_macs(key)
+
+    cost = calibrate(Engine(), FRONT, [(f"q{i}", "c") for i in range(8)], batch=8, reps=3, clock=clock)
+    assert [cost.points[config_key(p.length_config)] for p in FRONT] == pytest.approx([0.029, 0.029, 0.064, 0.084])
+    t = LatencyTarget(TARGET_S, FRONT, cost, Backlog(clock))
+    t.backlog.add(0.088, 1)  # 32 ms left of the 120 ms plan: BEST (64) does not fit, MID (29) does
+    assert t.choose() == MID
+    assert t.cost.first(fake_macs(config_key(MID.length_config))) > 0.032  # the line would not fit MID
+    t.backlog.add(0.005, 1)  # 27 ms left: nothing fits; the fastest, and of the tied fastest the most accurate
+    assert t.choose() == MID
 
 
 def test_calibration_stops_at_its_time_budget():
@@ -229,6 +319,8 @@ def test_worker_chooses_from_its_queue_and_explicit_configs_win():
     assert engine.configs == expected
     assert [s.answers[0].length_config for s in served] == expected
     assert t.backlog.wait_s() == 0.0
+    # every request counts as an arrival, the explicit one too: 4 one-unit requests in the 2 s window
+    assert t.arrivals.rates() == pytest.approx((2.0, 0.0))
     # each call took twice its calibrated time: four EWMA steps towards 2
     scale = 1.0
     for _ in range(4):
@@ -346,7 +438,8 @@ def test_metrics_parse_and_move_after_requests(engine):
         assert after[("quala_queue_depth", ())] == 0
         fast_fraction = engine.presets()["fast"].macs / engine.full_macs
         assert delta("quala_macs_fraction_sum") == pytest.approx(2 + fast_fraction, rel=1e-6)
-        assert (("quala_target_p95_seconds", ()) in after) == (chosen_by == "target")
+        for gauge in ("quala_target_p95_seconds", "quala_demand"):
+            assert ((gauge, ()) in after) == (chosen_by == "target"), gauge
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "fast", ""])
@@ -363,3 +456,26 @@ def test_serve_config_rejects_bad_target(value):
 
     with pytest.raises(QualaError, match="target-p95-ms"):
         ServeConfig(target_p95_ms=value)
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "nan", "inf"])
+def test_cli_rejects_bad_target_load(tiny_model_dir, capsys, value):
+    code, _, err = run_cli(["serve", "--model", tiny_model_dir, "--target-load", value], capsys)
+    assert code == 2, err
+    assert err.startswith("error: target-load must be a share of the engine's time > 0") and err.count("\n") == 1
+
+
+def test_target_load_reaches_the_calibrated_target(monkeypatch):
+    """--target-load is the cap the chosen configuration's load is held to (GET /v1/model shows it)."""
+    import quala.adaptive
+
+    monkeypatch.setattr(quala.adaptive, "calibrate", lambda engine, front, items: CostModel(FIRST, EXTRA, fake_macs))
+
+    class Engine:
+        front = FRONT
+
+    t = LatencyTarget.calibrated(Engine(), TARGET_S, FakeClock(), utilization=0.3)
+    assert t.utilization == 0.3 and t.table()["utilization_cap"] == 0.3
+    for _ in range(10):  # 5 questions/s: BEST 0.32 > 0.3, MID 0.22
+        t.arrivals.add(1.0)
+    assert t.choose() == MID

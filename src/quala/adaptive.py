@@ -3,18 +3,28 @@
 A length-adaptive model is one set of weights for every point of its accuracy/efficiency front (LAT §4,
 QuaLA-MiniLM §3.3). ``quala serve --target-p95-ms T`` uses that under load: a request that carries no budget of
 its own gets the most accurate front configuration whose predicted completion time, the engine time already queued
-ahead of it plus the configuration's own time, stays within ``HEADROOM * T``. With an empty queue that is the
-``accurate`` preset; as the queue grows, requests get cheaper configurations, so the queue drains instead of
-growing and the server keeps answering (docs/serving.md).
+ahead of it plus the configuration's own time, stays within ``HEADROOM * T``, and that the recent arrivals could
+be served at without the engine busy more than ``UTILIZATION`` of the time. With no load that is the ``accurate``
+preset; as the arrival rate or the queue grows, requests get cheaper configurations, so the queue drains (or
+never builds) instead of growing, and the server keeps answering (docs/serving.md).
 
-Three small pieces, each testable with a fake clock and a fake front:
+The queue rule alone reacts only once a queue exists: under a steady load each request takes the most accurate
+point that still fits, the queue settles just below the target, and the next burst of arrivals overshoots it.
+The rate rule keeps the engine's load below 1 before the queue builds (the queueing delay of a server grows like
+1 / (1 - load)).
+
+Four small pieces, each testable with a fake clock and a fake front:
 
 - :class:`CostModel`: engine seconds of one call at a configuration and batch size. Calibrated when the server
-  starts: every front point is timed on the real engine at batch 1 and at ``CALIBRATION_BATCH``, and a line in
-  MACs (fixed overhead + time per MAC) is fitted through each batch size's timings, so that the noise of one
-  point's timing cannot rank it wrongly. Rescaled online by an EWMA of observed / predicted time, which absorbs
-  inputs longer or shorter than the calibration text and other processes on the machine.
+  starts: every front point is timed on the real engine at batch 1 and at ``CALIBRATION_BATCH``. A front
+  point's first question costs its own batch-1 timing made monotone in MACs (:func:`isotonic`: a cheaper point
+  is never predicted slower than a dearer one, and points whose timings do not differ beyond their noise pool
+  to one time, so that the most accurate of them is chosen); further questions, and configurations off the
+  front, follow a line in MACs (fixed overhead + time per MAC) fitted through the timings. Rescaled online by
+  an EWMA of observed / predicted time, which absorbs inputs longer or shorter than the calibration text and
+  other processes on the machine.
 - :class:`Backlog`: the predicted engine seconds ahead of a new request (rest of the running call + queued jobs).
+- :class:`Arrivals`: the recent arrivals' work, in terms that any configuration's cost line turns into seconds.
 - :class:`LatencyTarget`: the choice itself.
 """
 
@@ -23,6 +33,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -37,6 +48,8 @@ HEADROOM = 0.8  # plan for 80% of the target; the rest absorbs inputs longer tha
 CALIBRATION_BATCH = 8  # second batch size timed at start-up; larger batches are extrapolated linearly
 CALIBRATION_REPS = 3  # batch-1 timings per configuration (median), interleaved over the front
 CALIBRATION_BUDGET_S = 30.0  # start-up time allowed for calibration (an overloaded machine gets fewer timings)
+UTILIZATION = 0.7  # default share of the engine's time the recent arrivals may take at the chosen configuration
+RATE_WINDOW_S = 2.0  # the arrivals that count as "recent"
 EWMA_ALPHA = 0.1  # weight of the newest observed/predicted ratio
 MIN_UNITS = 0.25  # a call costs at least this share of one calibration question's time (fixed overheads)
 RATIO_CLIP = (0.2, 5.0)  # one stalled call (GC, page faults) must not swing the scale by more than this
@@ -100,6 +113,7 @@ class CostModel:
         # None: every question counts as one unit.
         self.ref_chars = ref_chars
         self.scale = 1.0  # EWMA of observed / calibrated time
+        self.points: dict[Key, float] = {}  # a front point's own first-question seconds (isotonic in MACs)
         self.measured: list[dict[str, Any]] = []  # the calibration timings behind the lines (GET /v1/model)
         self._macs: dict[Key, int] = {}
 
@@ -113,13 +127,28 @@ class CostModel:
         """Seconds of one call of ``n`` question units at ``length_config`` as calibrated (without the online
         scale): the first unit costs ``first``, each further one ``extra``; less than one unit (a short
         question, dynamic padding) costs that fraction of ``first``, at least a quarter of it."""
+        m = self._macs_at(length_config)
+        first = self._first_s(length_config, m)
+        if n <= 1:
+            return max(n, MIN_UNITS) * first
+        return first + (n - 1) * self.extra(m)
+
+    def _first_s(self, length_config: Sequence[int] | None, macs: int) -> float:
+        """Seconds of a call's first question: the front point's own calibrated time, else the line's."""
+        own = self.points.get(config_key(length_config))
+        return own if own is not None else self.first(macs)
+
+    def _macs_at(self, length_config: Sequence[int] | None) -> int:
         key = config_key(length_config)
         if key not in self._macs:
             self._macs[key] = int(self.macs_of(key))
-        m = self._macs[key]
-        if n <= 1:
-            return max(n, MIN_UNITS) * self.first(m)
-        return self.first(m) + (n - 1) * self.extra(m)
+        return self._macs[key]
+
+    def load(self, length_config: Sequence[int] | None, first_rate: float, extra_rate: float) -> float:
+        """The share of the engine's time that arrivals at the given rates (:meth:`Arrivals.rates`) take when all
+        are answered at ``length_config``, one call each."""
+        m = self._macs_at(length_config)
+        return self.scale * (self._first_s(length_config, m) * first_rate + self.extra(m) * extra_rate)
 
     def predict(self, length_config: Sequence[int] | None, n: float) -> float:
         """Seconds of one engine call answering ``n`` question units at ``length_config``."""
@@ -129,6 +158,18 @@ class CostModel:
         """Fold one measured engine call of ``n`` question units into the scale."""
         ratio = float(np.clip(seconds / self.calibrated(length_config, n), *RATIO_CLIP))
         self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
+
+
+def isotonic(values: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators): each run of
+    values that falls where it should rise is replaced by its mean."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(int(c))]
 
 
 def calibration_items(n: int = CALIBRATION_BATCH) -> list[tuple[str, str]]:
@@ -155,8 +196,8 @@ def calibrate(
     clock: Callable[[], float] = time.perf_counter,
     budget_s: float = CALIBRATION_BUDGET_S,
 ) -> CostModel:
-    """Time every front point on ``engine`` (median of ``reps`` single questions, one call of ``batch``) and fit
-    the two lines in MACs.
+    """Time every front point on ``engine`` (median of ``reps`` single questions, one call of ``batch``), fit
+    the two lines in MACs, and keep each point's own single-question time, made isotonic in MACs.
 
     Rounds go over the whole front (not one point at a time) so that a slow moment of the machine does not
     fall on one configuration only. Past ``budget_s`` no new round starts: one batch-1 round is always taken,
@@ -206,6 +247,9 @@ def calibrate(
         extra = first
     ref_chars = statistics.mean(len(q) + len(c) for q, c in items[: max(batch, reps)])
     cost = CostModel(first, extra, lambda key: engine.macs(key), ref_chars=ref_chars)
+    order = sorted(range(len(front)), key=lambda i: macs[i])
+    own = dict(zip(order, isotonic([ones[i] for i in order]), strict=True))
+    cost.points = {config_key(p.length_config): own[i] for i, p in enumerate(front)}
     cost.measured = [
         {
             "length_config": p.length_config,
@@ -213,6 +257,7 @@ def calibrate(
             "batch_1_ms": round(1000 * t1, 3),
             f"batch_{batch}_ms": round(1000 * many[i], 3) if i < len(many) else None,
             "fitted_batch_1_ms": round(1000 * first(p.macs), 3),
+            "isotonic_batch_1_ms": round(1000 * own[i], 3),
         }
         for i, (p, t1) in enumerate(zip(front, ones, strict=True))
     ]
@@ -248,23 +293,71 @@ class Backlog:
         return running + self.queued_s
 
 
+def _first_and_extra(units: float) -> tuple[float, float]:
+    """A call of ``units`` in :meth:`CostModel.calibrated`'s terms: the share of the first unit it pays (at least
+    ``MIN_UNITS``) and its further units, so that it costs ``first * a + extra * b`` at any configuration."""
+    return (max(units, MIN_UNITS), 0.0) if units <= 1 else (1.0, units - 1.0)
+
+
+class Arrivals:
+    """The work that arrived in the last ``window_s`` seconds, as rates of first and further question units per
+    second (:func:`_first_and_extra`): a configuration's cost lines turn them into its load
+    (:meth:`CostModel.load`) without keeping one sum per configuration."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, window_s: float = RATE_WINDOW_S):
+        self.clock = clock
+        self.window_s = window_s
+        self._events: deque[tuple[float, float, float]] = deque()  # (time, first units, further units)
+        self._first = 0.0
+        self._extra = 0.0
+
+    def add(self, units: float) -> None:
+        """A request of ``units`` arrived now."""
+        a, b = _first_and_extra(units)
+        self._events.append((self.clock(), a, b))
+        self._first += a
+        self._extra += b
+
+    def rates(self) -> tuple[float, float]:
+        """(first units, further units) per second over the window."""
+        horizon = self.clock() - self.window_s
+        while self._events and self._events[0][0] <= horizon:
+            _, a, b = self._events.popleft()
+            self._first -= a
+            self._extra -= b
+        if not self._events:  # no drift from the running sums
+            self._first = self._extra = 0.0
+        return self._first / self.window_s, self._extra / self.window_s
+
+
 @dataclass
 class LatencyTarget:
-    """Pick, per request, the most accurate front point predicted to finish within ``HEADROOM * target_s``."""
+    """Pick, per request, the most accurate front point predicted to finish within ``HEADROOM * target_s`` that
+    the recent arrival rate can be served at within ``UTILIZATION`` of the engine's time."""
 
     target_s: float
     front: list[FrontPoint]
     cost: CostModel
     backlog: Backlog
+    arrivals: Arrivals | None = None  # None: one on the backlog's clock
+    utilization: float = UTILIZATION
 
     def __post_init__(self) -> None:
         self.ranked = sorted(self.front, key=accuracy_key, reverse=True)  # the `accurate` preset first
+        if self.arrivals is None:
+            self.arrivals = Arrivals(self.backlog.clock)
 
     @classmethod
-    def calibrated(cls, engine: Any, target_s: float, clock: Callable[[], float] = time.perf_counter) -> LatencyTarget:
+    def calibrated(
+        cls,
+        engine: Any,
+        target_s: float,
+        clock: Callable[[], float] = time.perf_counter,
+        utilization: float = UTILIZATION,
+    ) -> LatencyTarget:
         """Time ``engine``'s front (:func:`calibrate`) and log what it found."""
         cost = calibrate(engine, engine.front, calibration_items())
-        target = cls(target_s, list(engine.front), cost, Backlog(clock))
+        target = cls(target_s, list(engine.front), cost, Backlog(clock), utilization=utilization)
         log.info(
             "latency target %.1f ms; engine time per call = %.2f ms + %.3g ms per GMAC, + (%.2f ms + %.3g ms "
             "per GMAC) per further question",
@@ -294,17 +387,32 @@ class LatencyTarget:
             "extra_ms": round(1000 * c.extra.intercept, 3),
             "extra_ms_per_gmac": round(1e12 * c.extra.slope, 4),
             "scale": round(c.scale, 4),
+            "utilization_cap": self.utilization,
+            "rate_window_s": RATE_WINDOW_S,
             "measured": c.measured,
         }
 
-    def choose(self, batch: float = 1) -> FrontPoint:
-        """The configuration for a request that will run in a call of ``batch`` question units.
+    def demand(self) -> float:
+        """The share of the engine's time the recent arrivals would take at the most accurate point: above the
+        ``utilization`` cap, requests get cheaper configurations."""
+        assert self.arrivals is not None
+        return self.cost.load(self.ranked[0].length_config, *self.arrivals.rates())
 
-        When nothing fits (the queue alone is longer than the target), the fastest configuration: the request
-        is still answered, as early as possible, and the next ones see a shorter queue.
+    def choose(self, batch: float = 1) -> FrontPoint:
+        """The configuration for a request that will run in a call of ``batch`` question units (it arrived: call
+        ``arrivals.add`` first).
+
+        When nothing fits (the queue alone is longer than the target, or the arrivals outrun every point), the
+        fastest configuration: the request is still answered, as early as possible, and the next ones see a
+        shorter queue.
         """
         budget = HEADROOM * self.target_s - self.backlog.wait_s()
+        assert self.arrivals is not None
+        first_rate, extra_rate = self.arrivals.rates()
         for p in self.ranked:
-            if self.cost.predict(p.length_config, batch) <= budget:
+            if (
+                self.cost.predict(p.length_config, batch) <= budget
+                and self.cost.load(p.length_config, first_rate, extra_rate) <= self.utilization
+            ):
                 return p
-        return min(self.front, key=lambda p: self.cost.predict(p.length_config, batch))
+        return min(self.ranked, key=lambda p: self.cost.predict(p.length_config, batch))  # ties: most accurate

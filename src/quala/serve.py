@@ -387,7 +387,12 @@ async def _lifespan(app: FastAPI, worker: EngineWorker, engine: QAEngine, config
     await worker.start()
     if config.target_p95_ms is not None and worker.target is None:  # a test may have set its own
         worker.target = await asyncio.get_running_loop().run_in_executor(
-            worker.executor, LatencyTarget.calibrated, engine, config.target_p95_ms / 1000, worker.clock
+            worker.executor,
+            LatencyTarget.calibrated,
+            engine,
+            config.target_p95_ms / 1000,
+            worker.clock,
+            config.target_load,
         )
     try:
         yield

@@ -36,6 +36,12 @@ class ServeConfig:
         metavar="MS",
         as_text=True,
     )
+    target_load: float = setting(
+        0.7,
+        "Latency-target mode: the most of the engine's time that the last 2 s of arrivals may take at the chosen "
+        "configuration (above 1: only the queue decides).",
+        metavar="SHARE",
+    )
 
     @property
     def max_body_bytes(self) -> int:
@@ -58,3 +64,6 @@ class ServeConfig:
         t = self.target_p95_ms
         if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
             raise QualaError(f"target-p95-ms must be a number of milliseconds > 0, got {t!r}")
+        u = self.target_load
+        if not (isinstance(u, int | float) and math.isfinite(u) and u > 0):
+            raise QualaError(f"target-load must be a share of the engine's time > 0 (e.g. 0.7), got {u!r}")

@@ -69,6 +69,11 @@ class ServeMetrics:
         Gauge(
             "quala_cost_scale", "Online correction of the calibrated costs (observed / calibrated time).", registry=r
         ).set_function(lambda: worker.target.cost.scale if worker.target else 1.0)
+        Gauge(
+            "quala_demand",
+            "Share of the engine's time the last 2 s of arrivals would take at the most accurate configuration.",
+            registry=r,
+        ).set_function(lambda: worker.target.demand() if worker.target else 0.0)
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
