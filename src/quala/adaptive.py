@@ -89,11 +89,11 @@ class Line:
 
 
 class CostModel:
-    """Predicted engine seconds of one call: ``scale * (first(macs) + (n - 1) * extra(macs))`` for n questions.
+    """Predicted engine seconds of one call: ``scale * (first + (n - 1) * extra(macs))`` for n questions.
 
-    ``first`` and ``extra`` are lines in the configuration's MACs (at the reference length), so a
-    ``length_config`` off the front is predicted the same way as the front's points; ``scale`` is the online
-    correction.
+    ``first`` is a front point's own calibrated time (``points``, set by :func:`calibrate`), and the line
+    ``first(macs)`` for any other configuration; ``extra`` is a line in the configuration's MACs (at the reference
+    length); ``scale`` is the online correction.
     """
 
     def __init__(
