@@ -447,6 +447,7 @@ def test_serve_flags_reach_serve_config(monkeypatch, capsys):
         "--model", "some/model", "--host", "0.0.0.0", "--port", "8081", "--backend", "torch", "--threads", "2",
         "--max-context-chars", "500", "--max-question-chars", "50", "--max-batch", "3", "--max-body-mb", "0.5",
         "--micro-batch", "--batch-window-ms", "7.5", "--max-queue", "9", "--target-p95-ms", "250",
+        "--target-load", "0.85",
     ]  # fmt: skip
     config = _served_config(monkeypatch, capsys, *args)
     assert dataclasses.asdict(config) == {
@@ -463,6 +464,7 @@ def test_serve_flags_reach_serve_config(monkeypatch, capsys):
         "batch_window_ms": 7.5,
         "max_queue": 9,
         "target_p95_ms": 250.0,
+        "target_load": 0.85,
     }
     assert config.max_body_bytes == 512 * 1024  # what the body limit counts
     assert _served_config(monkeypatch, capsys) == ServeConfig()
