@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -302,7 +303,8 @@ def _first_and_extra(units: float) -> tuple[float, float]:
 class Arrivals:
     """The work that arrived in the last ``window_s`` seconds, as rates of first and further question units per
     second (:func:`_first_and_extra`): a configuration's cost lines turn them into its load
-    (:meth:`CostModel.load`) without keeping one sum per configuration."""
+    (:meth:`CostModel.load`) without keeping one sum per configuration. Thread-safe: requests add on the event
+    loop while ``GET /metrics`` reads from a worker thread."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, window_s: float = RATE_WINDOW_S):
         self.clock = clock
@@ -310,24 +312,27 @@ class Arrivals:
         self._events: deque[tuple[float, float, float]] = deque()  # (time, first units, further units)
         self._first = 0.0
         self._extra = 0.0
+        self._lock = threading.Lock()
 
     def add(self, units: float) -> None:
         """A request of ``units`` arrived now."""
         a, b = _first_and_extra(units)
-        self._events.append((self.clock(), a, b))
-        self._first += a
-        self._extra += b
+        with self._lock:
+            self._events.append((self.clock(), a, b))
+            self._first += a
+            self._extra += b
 
     def rates(self) -> tuple[float, float]:
         """(first units, further units) per second over the window."""
-        horizon = self.clock() - self.window_s
-        while self._events and self._events[0][0] <= horizon:
-            _, a, b = self._events.popleft()
-            self._first -= a
-            self._extra -= b
-        if not self._events:  # no drift from the running sums
-            self._first = self._extra = 0.0
-        return self._first / self.window_s, self._extra / self.window_s
+        with self._lock:
+            horizon = self.clock() - self.window_s
+            while self._events and self._events[0][0] <= horizon:
+                _, a, b = self._events.popleft()
+                self._first -= a
+                self._extra -= b
+            if not self._events:  # no drift from the running sums
+                self._first = self._extra = 0.0
+            return self._first / self.window_s, self._extra / self.window_s
 
 
 @dataclass
