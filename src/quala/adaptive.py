@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -128,11 +128,12 @@ class CostModel:
         """Seconds of one call of ``n`` question units at ``length_config`` as calibrated (without the online
         scale): the first unit costs ``first``, each further one ``extra``; less than one unit (a short
         question, dynamic padding) costs that fraction of ``first``, at least a quarter of it."""
+        return self._unscaled(length_config, *_first_and_extra(n))
+
+    def _unscaled(self, length_config: Sequence[int] | None, first_units: float, extra_units: float) -> float:
+        """``first * first_units + extra * extra_units`` at ``length_config``, as calibrated."""
         m = self._macs_at(length_config)
-        first = self._first_s(length_config, m)
-        if n <= 1:
-            return max(n, MIN_UNITS) * first
-        return first + (n - 1) * self.extra(m)
+        return self._first_s(length_config, m) * first_units + self.extra(m) * extra_units
 
     def _first_s(self, length_config: Sequence[int] | None, macs: int) -> float:
         """Seconds of a call's first question: the front point's own calibrated time, else the line's."""
@@ -148,8 +149,7 @@ class CostModel:
     def load(self, length_config: Sequence[int] | None, first_rate: float, extra_rate: float) -> float:
         """The share of the engine's time that arrivals at the given rates (:meth:`Arrivals.rates`) take when all
         are answered at ``length_config``, one call each."""
-        m = self._macs_at(length_config)
-        return self.scale * (self._first_s(length_config, m) * first_rate + self.extra(m) * extra_rate)
+        return self.scale * self._unscaled(length_config, first_rate, extra_rate)
 
     def predict(self, length_config: Sequence[int] | None, n: float) -> float:
         """Seconds of one engine call answering ``n`` question units at ``length_config``."""
@@ -295,8 +295,8 @@ class Backlog:
 
 
 def _first_and_extra(units: float) -> tuple[float, float]:
-    """A call of ``units`` in :meth:`CostModel.calibrated`'s terms: the share of the first unit it pays (at least
-    ``MIN_UNITS``) and its further units, so that it costs ``first * a + extra * b`` at any configuration."""
+    """A call of ``units`` as (share of the first unit it pays, at least ``MIN_UNITS``; further units), so that it
+    costs ``first * a + extra * b`` at any configuration (:meth:`CostModel.calibrated` and the arrival rates)."""
     return (max(units, MIN_UNITS), 0.0) if units <= 1 else (1.0, units - 1.0)
 
 
@@ -344,13 +344,12 @@ class LatencyTarget:
     front: list[FrontPoint]
     cost: CostModel
     backlog: Backlog
-    arrivals: Arrivals | None = None  # None: one on the backlog's clock
     utilization: float = UTILIZATION
+    arrivals: Arrivals = field(init=False)  # on the backlog's clock
 
     def __post_init__(self) -> None:
         self.ranked = sorted(self.front, key=accuracy_key, reverse=True)  # the `accurate` preset first
-        if self.arrivals is None:
-            self.arrivals = Arrivals(self.backlog.clock)
+        self.arrivals = Arrivals(self.backlog.clock)
 
     @classmethod
     def calibrated(
@@ -393,14 +392,13 @@ class LatencyTarget:
             "extra_ms_per_gmac": round(1e12 * c.extra.slope, 4),
             "scale": round(c.scale, 4),
             "utilization_cap": self.utilization,
-            "rate_window_s": RATE_WINDOW_S,
+            "rate_window_s": self.arrivals.window_s,
             "measured": c.measured,
         }
 
     def demand(self) -> float:
         """The share of the engine's time the recent arrivals would take at the most accurate point: above the
         ``utilization`` cap, requests get cheaper configurations."""
-        assert self.arrivals is not None
         return self.cost.load(self.ranked[0].length_config, *self.arrivals.rates())
 
     def choose(self, batch: float = 1) -> FrontPoint:
@@ -412,7 +410,6 @@ class LatencyTarget:
         shorter queue.
         """
         budget = HEADROOM * self.target_s - self.backlog.wait_s()
-        assert self.arrivals is not None
         first_rate, extra_rate = self.arrivals.rates()
         for p in self.ranked:
             if (

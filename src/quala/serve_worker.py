@@ -130,7 +130,6 @@ class EngineWorker:
             job.length_config = length_config  # type: ignore[assignment]
         else:  # choose, predict and queue with no await in between: the backlog is the queue's
             n, job.units = len(items), self.target.cost.units(items)
-            assert self.target.arrivals is not None
             self.target.arrivals.add(job.units)  # every request loads the engine, whoever chose its configuration
             merge = self.micro_batch and mergeable
             batch = min(self.max_batch, n + self.target.backlog.questions) if merge else n
