@@ -409,7 +409,7 @@ def _training_section(results: dict[str, Any], facts: dict[str, Any]) -> list[st
             f"| {name} | {_seconds(info.get('seconds'))} | {_seconds(info.get('seconds'), 60)} |"
             for name, info in stages.items()
         ],
-        f"| **total** | {total_s:,.1f} | {total_s / 60:.1f} |",
+        f"| **total** | {_seconds(total_s)} | {_seconds(total_s, 60)} |",
         "",
     ]
     return out

@@ -53,7 +53,7 @@ class ServeConfig:
             if getattr(self, name) < 1:
                 raise QualaError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         mb = self.max_body_mb
-        if not (isinstance(mb, int | float) and math.isfinite(mb) and mb * 1024 * 1024 >= 1):
+        if not (_positive(mb) and mb * 1024 * 1024 >= 1):
             raise QualaError(f"max-body-mb must be > 0 (at least one byte), got {mb!r}")
         if not 0 <= self.batch_window_ms <= 1000:
             raise QualaError(f"batch-window-ms must be in [0, 1000], got {self.batch_window_ms}")
@@ -62,8 +62,13 @@ class ServeConfig:
         if self.threads is not None and self.threads < 1:
             raise QualaError(f"threads must be >= 1, got {self.threads}")
         t = self.target_p95_ms
-        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
+        if t is not None and not _positive(t):
             raise QualaError(f"target-p95-ms must be a number of milliseconds > 0, got {t!r}")
         u = self.target_load
-        if not (isinstance(u, int | float) and math.isfinite(u) and u > 0):
+        if not _positive(u):
             raise QualaError(f"target-load must be a share of the engine's time > 0 (e.g. 0.7), got {u!r}")
+
+
+def _positive(value: object) -> bool:
+    """A finite number > 0 (a string, NaN or infinity is not)."""
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
