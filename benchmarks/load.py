@@ -417,8 +417,6 @@ def sweep_mode(args: argparse.Namespace, examples: list[Example]) -> dict:
         f"full length sustains {mu} req/s (engine p50 {cap['engine_latency_ms_p50']} ms); target {target} ms",
         flush=True,
     )
-    full = {"full": lambda ex: {"question": ex.question, "context": ex.context, "length_config": "full"}}
-    arms = {**full, **dict.fromkeys(SWEEP_ARMS[1:], lambda ex: {"question": ex.question, "context": ex.context})}
     adaptive = ("--target-p95-ms", str(target))
     specs = {
         "full": (),
@@ -434,7 +432,10 @@ def sweep_mode(args: argparse.Namespace, examples: list[Example]) -> dict:
             arrivals = poisson_arrivals(factor * mu, args.duration, args.max_requests, args.seed + n)
             asked = [examples[k % len(examples)] for k in range(len(arrivals))]
             for arm, url in urls.items():  # same arrivals, same questions
-                results = asyncio.run(open_loop(url, arrivals, [arms[arm](ex) for ex in asked], args.timeout))
+                payloads = [{"question": ex.question, "context": ex.context} for ex in asked]
+                if arm == "full":  # the other arms send no budget: the latency target chooses
+                    payloads = [p | {"length_config": "full"} for p in payloads]
+                results = asyncio.run(open_loop(url, arrivals, payloads, args.timeout))
                 row = {"arm": arm, "load_factor": factor, **summarize(results, asked, args.duration)}
                 runs.append(row)
                 lat = row["latency_ms"] or {}
