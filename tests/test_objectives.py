@@ -21,6 +21,7 @@ from quala.objectives import (
     default_layer_map,
     soft_loss,
 )
+from quala.train_config import LengthDropConfig
 
 
 # ------------------------------------------------------------------------------------------- LengthDrop
@@ -64,6 +65,33 @@ def test_random_sub_models_are_valid(layer_drop_prob):
         assert seen_skips == 0
     else:
         assert 0.2 < seen_skips / (300 * 6) < 0.4  # about layer_drop_prob of the layers
+
+
+def test_explicit_smallest_sub_model_sets_each_layers_floor():
+    """Late-drop sampling: layer i keeps between smallest_i and the previous layer's count, nothing else."""
+    floor = [384, 384, 192, 96, 48, 24]
+    sampler = LengthDropSampler(6, 384, bound=0.2, layer_drop_prob=0.0, seed=5, smallest=floor)
+    assert sampler.smallest().length_config == floor
+    seen_low = [384] * 6
+    for _ in range(400):
+        lengths = sampler.random().length_config
+        prev = 384
+        for i, n in enumerate(lengths):
+            assert floor[i] <= n <= prev
+            prev = n
+            seen_low[i] = min(seen_low[i], n)
+    assert seen_low[:2] == [384, 384], "layers whose floor is the full length never drop"
+    # LAT's bound would keep >= 0.8 of the previous layer; the explicit floor reaches far below it
+    assert seen_low[3] < 0.8 * 192 and seen_low[5] < 40
+
+
+def test_bad_explicit_smallest_fails():
+    with pytest.raises(QualaError, match="6 token counts"):
+        LengthDropSampler(6, 384, smallest=[384, 192, 96])
+    with pytest.raises(QualaError, match="at most 384"):
+        LengthDropSampler(6, 384, smallest=[500, 384, 192, 96, 48, 24])
+    with pytest.raises(QualaError, match="non-increasing"):
+        LengthDropConfig(smallest=[384, 96, 192, 48, 24, 12])
 
 
 def test_sandwich_and_sampler_state_round_trip():

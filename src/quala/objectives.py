@@ -16,6 +16,7 @@ log each term. Nothing here touches the optimizer; the trainer owns the loop (``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,6 +262,10 @@ class LengthDropSampler:
     length, so the same configuration drops the same fraction of every dynamically padded sequence.
     LayerDrop skips each layer with probability ``layer_drop_prob``; a skipped layer keeps the previous
     length.
+
+    ``smallest`` replaces the ratio bound with an explicit floor ("late-drop sampling", docs/training.md):
+    layer i keeps an integer uniform in [smallest_i, n_{i−1}], so the sandwich can train the shapes the search
+    front prefers (every token in the first layers, hard drops in the last), which LAT's bound never samples.
     """
 
     def __init__(
@@ -271,11 +276,18 @@ class LengthDropSampler:
         layer_drop_prob: float = 0.0,
         seed: int = 0,
         min_length: int = 2,
+        smallest: Sequence[int] | None = None,
     ):
         if not 0 < bound < 1:
             raise QualaError(f"length_drop ratio bound must be in (0, 1), got {bound}")
         if not 0 <= layer_drop_prob < 1:
             raise QualaError(f"layer_drop_prob must be in [0, 1), got {layer_drop_prob}")
+        if smallest is not None and (len(smallest) != num_layers or max(smallest) > reference_length):
+            raise QualaError(
+                f"length_drop.smallest needs {num_layers} token counts of at most {reference_length} (one per "
+                f"layer at the reference length), got {list(smallest)}"
+            )
+        self.floor = None if smallest is None else [max(int(n), min_length) for n in smallest]
         self.num_layers = num_layers
         self.reference_length = reference_length
         self.bound = bound
@@ -283,11 +295,15 @@ class LengthDropSampler:
         self.min_length = min_length
         self.rng = np.random.default_rng(seed)
 
-    def _lower(self, prev: int) -> int:
-        """Fewest tokens a layer may keep after ``prev``: one constant-ratio step at the bound."""
+    def _lower(self, layer: int, prev: int) -> int:
+        """Fewest tokens ``layer`` may keep after ``prev``: the explicit floor, else one ratio step at the bound."""
+        if self.floor is not None:
+            return min(self.floor[layer], prev)
         return constant_ratio_gene(1, prev, self.bound, self.min_length)[0]
 
     def smallest(self) -> SubModel:
+        if self.floor is not None:
+            return SubModel(list(self.floor), [], "smallest")
         lengths = smallest_config(self.num_layers, self.reference_length, self.bound, self.min_length)
         return SubModel(list(lengths), [], "smallest")
 
@@ -297,7 +313,7 @@ class LengthDropSampler:
             if layer_drop and self.layer_drop_prob > 0 and self.rng.random() < self.layer_drop_prob:
                 skips.append(i)  # skipped layer: no attention, no FFN, length unchanged
             else:
-                prev = int(self.rng.integers(self._lower(prev), prev + 1))
+                prev = int(self.rng.integers(self._lower(i, prev), prev + 1))
             lengths.append(prev)
         if len(skips) == self.num_layers:  # keep at least one layer
             skips = skips[:-1]

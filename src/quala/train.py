@@ -169,7 +169,12 @@ class Trainer:
         if teacher is not None and config.kd.intermediate:
             self.intermediate = intermediate_kd(model, teacher, config.kd)
         self.sampler = LengthDropSampler(
-            model.num_layers, model.la_config.reference_length, ld.bound, ld.layer_drop_prob, seed=config.seed
+            model.num_layers,
+            model.la_config.reference_length,
+            ld.bound,
+            ld.layer_drop_prob,
+            seed=config.seed,
+            smallest=ld.smallest,
         )
         # the sub-models are sampled at the reference length; the "ratio" rule maps them to each row's length
         if ld.enabled and model.la_config.length_rule != "ratio":

@@ -58,11 +58,24 @@ class LengthDropConfig:
     layer_drop_prob: float = setting(
         0.2, "LayerDrop probability of the random sub-models (LengthDrop).", flag="--layer-drop-prob"
     )
+    smallest: list[int] | None = setting(
+        None,
+        "Explicit smallest sub-model at the reference length, e.g. 384,384,192,96,48,24: every random sub-model "
+        "then keeps, at each layer, between this count and the previous layer's (default: LAT's ratio bound; "
+        "docs/training.md, 'late-drop sampling').",
+        flag="--ld-smallest",
+    )
     inplace_distillation: bool = True  # sub-models learn the full model's start/end distributions
 
     def __post_init__(self) -> None:
         if not 0 < self.bound < 1:
             raise QualaError(f"length_drop.bound must be in (0, 1), got {self.bound}")
+        if self.smallest is not None:
+            gene = self.smallest
+            if not gene or any(n < 1 for n in gene) or any(a < b for a, b in zip(gene, gene[1:], strict=False)):
+                raise QualaError(
+                    f"length_drop.smallest must be positive, non-increasing token counts, one per layer, got {gene}"
+                )
         if self.num_sandwich < 0:
             raise QualaError(f"length_drop.num_sandwich must be >= 0, got {self.num_sandwich}")
         if not 0 <= self.layer_drop_prob < 1:
