@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from quala.config import from_dict, merge
 from quala.data import TrainData, load_squad
@@ -41,6 +45,8 @@ OPTIONS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "freeze_word_embeddings": ({"freeze_word_embeddings": True}, ()),
     "batch_32_lr_x2": ({"batch_size": 32, "lr": 2e-4}, ()),
     "threads_1": ({"threads": 1}, ()),
+    # gloo data parallelism on the CPU: 2 processes of 1 thread, 8 features each (the same 16 per step)
+    "processes_2_threads_1": ({"threads": 1, "batch_size": 8, "processes": 2}, ()),
 }
 
 
@@ -65,15 +71,34 @@ def rate_after_warmup(metrics: Path, warmup: int, batch_size: int) -> float:
     return features / seconds if seconds else float("nan")
 
 
+def run_processes(values: dict[str, Any], processes: int, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    """The same run as ``quala train`` under ``torchrun`` (gloo on CPUs); rank 0 logs the global rate."""
+    inputs = {"model": args.model, "output_dir": f"{tmp}/run", "train_files": args.train_file}
+    if args.train_articles:
+        inputs["train_articles"] = args.train_articles
+    config_path = Path(tmp) / "train.yaml"
+    config_path.write_text(yaml.safe_dump({**values, **inputs, "max_steps": args.warmup + args.steps}))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    subprocess.run([*launch, "-m", "quala.cli", "train", "--config", str(config_path)], check=True)
+    rate = rate_after_warmup(Path(tmp) / "run" / "metrics.jsonl", args.warmup, values["batch_size"] * processes)
+    return {"features_per_second": round(rate, 3), "processes": processes}
+
+
 def run(
     base: dict[str, Any], overrides: dict[str, Any], mode: str, data: TrainData, args: argparse.Namespace
 ) -> dict[str, Any]:
+    overrides = dict(overrides)
+    processes = overrides.pop("processes", 1)
     values = merge(base, overrides)
     if mode == "lengthdrop":
         values = merge(values, {"length_drop": merge(LENGTH_DROP, overrides.get("length_drop", {}))})
     elif "length_drop" in overrides:
         return {"skipped": "LengthDrop option"}
     with tempfile.TemporaryDirectory() as tmp:
+        if processes > 1:
+            if args.f1_steps:
+                return {"skipped": "--f1-steps runs in one process"}
+            return run_processes(values, processes, args, tmp)
         config = from_dict(TrainConfig, {**values, "max_steps": args.warmup + args.steps})
         trainer = build_trainer(args.model, data, tmp, config)
         trainer.train()

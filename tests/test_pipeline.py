@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -339,3 +340,32 @@ def test_lengthdrop_alone_starts_from_the_finetune_stage_of_an_earlier_run(tmp_p
     other = load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "fresh"), "stages": ["lengthdrop"]})
     Pipeline(other).run(progress=False)
     assert started_from[1] != str(tmp_path / "fresh" / "finetune")
+
+
+def test_search_stage_searches_from_the_lengthdrop_stages_explicit_smallest(tmp_path, monkeypatch):
+    """A late-drop LengthDrop model is searched down to the smallest sub-model it was trained on; an explicit
+    search setting wins, and a run without LengthDrop keeps the ratio bound's floor."""
+    import quala.search
+    from quala.pipeline import Pipeline, load_pipeline_config
+
+    seen: list = []
+
+    def fake_search(model, data, output, config, **kwargs):
+        seen.append(config.smallest)
+        return SimpleNamespace(completed=True, num_evaluations=2), {"front": []}
+
+    monkeypatch.setattr(quala.search, "search", fake_search)
+    monkeypatch.setattr(Pipeline, "trained_model", property(lambda self: None))
+    monkeypatch.setattr(Pipeline, "validation_data", lambda self: None)
+    floor = {"lengthdrop": {"length_drop": {"smallest": [384, 384, 160, 64, 32, 16]}}}
+    for name, extra, completed in [
+        ("ld", {}, {"lengthdrop": {"seconds": 1}}),
+        ("explicit", {"search": {"smallest": [384, 300, 200, 100, 50, 20]}}, {"lengthdrop": {"seconds": 1}}),
+        ("no-ld", {}, {"finetune": {"seconds": 1}}),
+    ]:
+        root = tmp_path / name
+        root.mkdir()
+        (root / "pipeline.json").write_text(json.dumps({"completed": completed}))
+        overrides = {"output_dir": str(root), "stages": ["search"], **floor, **extra}
+        Pipeline(load_pipeline_config(None, "demo", overrides)).run(progress=False)
+    assert seen == [[384, 384, 160, 64, 32, 16], [384, 300, 200, 100, 50, 20], None]

@@ -117,6 +117,32 @@ def test_initial_genes_spread_between_smallest_and_full(layers, length):
     assert macs == sorted(macs)  # evenly spaced targets, increasing
 
 
+def test_initial_genes_with_explicit_smallest_lie_between_it_and_full():
+    """Late-drop models: the initial population runs layer by layer from the full model to ``smallest``."""
+    floor = (384, 384, 160, 64, 32, 16)
+    genes = initial_genes(sizes(6), 384, SearchConfig(population=8, smallest=list(floor)))
+    low, high = count_macs(sizes(6), 384, floor).total, count_macs(sizes(6), 384).total
+    macs = [count_macs(sizes(6), 384, g).total for g in genes]
+    assert len(genes) >= 6 and macs == sorted(macs) and all(low < m < high for m in macs)
+    for g in genes:
+        assert g[:2] == (384, 384), "layers the smallest keeps whole are never dropped"
+        assert all(f <= n <= 384 for f, n in zip(floor, g, strict=True))
+    # a gene halfway (by MACs) drops each layer by about half of the floor's drop
+    mid = genes[len(genes) // 2]
+    assert 160 < mid[2] < 384 and 16 < mid[5] < 384
+
+
+def test_search_with_explicit_smallest_starts_from_it_and_never_goes_below():
+    floor = (100, 90, 40, 20)
+    result = run_search(Synthetic(128), sizes(4), 128, small_config(seed=4, smallest=list(floor)))
+    assert result.candidates[0].gene == floor  # evaluated first, as LAT's smallest sub-model is
+    floor_macs = count_macs(sizes(4), 128, floor).total
+    assert all(c.macs >= floor_macs for c in result.candidates)
+    assert any(c.gene[3] < math.ceil(0.8 * c.gene[2]) for c in result.candidates), "drops beyond LAT's bound"
+    with pytest.raises(QualaError, match="non-increasing token counts"):
+        run_search(Synthetic(128), sizes(4), 128, small_config(smallest=[100, 120, 40, 20]))
+
+
 # ------------------------------------------------------------------------------------------ fronts and area
 def cand(gene, f1, macs, latency=None) -> FrontPoint:
     return FrontPoint(list(gene), f1, macs, latency, f1)

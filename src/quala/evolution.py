@@ -95,28 +95,49 @@ def is_valid_gene(gene: Sequence[int], num_layers: int, length: int, min_length:
     )
 
 
+def floor_gene(num_layers: int, length: int, config: SearchConfig) -> Gene:
+    """The cheapest configuration searched: ``config.smallest`` (a late-drop LengthDrop model's smallest
+    sub-model), else LengthDrop's smallest sub-model at the ratio bound (LAT §4.1)."""
+    if config.smallest is None:
+        return smallest_config(num_layers, length, config.ratio_bound, config.min_length)
+    gene = tuple(config.smallest)
+    if not is_valid_gene(gene, num_layers, length, config.min_length):
+        raise QualaError(
+            f"search smallest {list(gene)} must have {num_layers} non-increasing token counts in "
+            f"[{config.min_length}, {length}]"
+        )
+    return gene
+
+
 def initial_genes(model_config: Any, length: int, config: SearchConfig) -> list[Gene]:
-    """``population - random_init`` constant-ratio genes, MACs evenly spaced strictly between the smallest and
-    full model.
+    """``population - random_init`` genes, MACs evenly spaced strictly between the smallest and full model:
+    constant-ratio genes (LAT), or with ``config.smallest`` genes on the layer-wise line from the full model
+    to it.
 
     LAT spaces its initial ratios by an average-length formula hard-coded for 12 layers of 384 tokens; here
-    the ratio for each MACs target is found by bisection on the real MAC count, for any depth and length.
+    the point for each MACs target is found by bisection on the real MAC count, for any depth and length.
     """
     n = int(model_config.num_hidden_layers)
+    floor = floor_gene(n, length, config)
 
-    def macs_at(ratio: float) -> int:
-        return count_macs(model_config, length, constant_ratio_gene(n, length, ratio, config.min_length)).total
+    def gene_at(t: float) -> Gene:  # t = 0: the full model, t = 1: the smallest; MACs non-increasing in t
+        if config.smallest is None:
+            return constant_ratio_gene(n, length, t * config.ratio_bound, config.min_length)
+        return tuple(math.ceil(length - t * (length - f) - 1e-9) for f in floor)
 
-    low, high = macs_at(config.ratio_bound), macs_at(0.0)
+    def macs_at(t: float) -> int:
+        return count_macs(model_config, length, gene_at(t)).total
+
+    low, high = macs_at(1.0), macs_at(0.0)
     genes: list[Gene] = []
     count = config.population - config.random_init
     for k in range(1, count + 1):
         target = low + (high - low) * k / (count + 1)
-        lo, hi = 0.0, config.ratio_bound  # macs_at is non-increasing in the ratio
+        lo, hi = 0.0, 1.0
         for _ in range(60):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if macs_at(mid) >= target else (lo, mid)
-        gene = constant_ratio_gene(n, length, lo, config.min_length)
+        gene = gene_at(lo)
         if gene not in genes:
             genes.append(gene)
     return genes
@@ -205,7 +226,7 @@ def run_search(
     state = SearchState(Path(state_path) if state_path is not None else None, fingerprint or {})
     run = _Run(evaluate_fn, model_config, length, config, state, on_evaluate, progress)
     rng = random.Random(config.seed)
-    smallest_gene = smallest_config(num_layers, length, config.ratio_bound, config.min_length)
+    smallest_gene = floor_gene(num_layers, length, config)
     completed = True
     try:
         smallest = run.evaluate(smallest_gene)

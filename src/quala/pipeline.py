@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -251,11 +251,15 @@ class Pipeline:
     def _search(self, progress: bool) -> dict:
         from quala.search import search
 
+        config = self.config.search
+        trained_smallest = self.config.lengthdrop.length_drop.smallest if self.has("lengthdrop") else None
+        if config.smallest is None and trained_smallest is not None:
+            config = replace(config, smallest=list(trained_smallest))  # search what the sandwich trained
         result, document = search(
             self.trained_model,
             self.validation_data(),
             self.dir("search"),
-            self.config.search,
+            config,
             backend="torch",
             attach=True,
             progress=progress,

@@ -54,6 +54,12 @@ class SearchConfig:
     ratio_bound: float = setting(
         0.2, "LengthDrop ratio bound; its smallest sub-model is the cheapest configuration allowed."
     )
+    smallest: list[int] | None = setting(
+        None,
+        "Cheapest configuration searched, e.g. 384,384,160,64,32,16 (the pipeline passes the LengthDrop stage's "
+        "length_drop.smallest; default: the smallest sub-model of --ratio-bound).",
+        flag="--smallest",
+    )
     min_length: int = 2  # fewest tokens a layer may keep
     evaluations: int | None = setting(
         None, "Random strategy: candidates to evaluate (default: the evolution's maximum)."
