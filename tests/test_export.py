@@ -50,13 +50,21 @@ def _torch_logits(model, batch, length_config):
     return out.start_logits.numpy(), out.end_logits.numpy()
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta", "bert-learned"])
+@pytest.fixture(scope="module", params=["bert", "roberta", "bert-learned", "bert-question"])
 def exported(request, tmp_path_factory):
     """The one length-adaptive graph of a tiny model, with the optional SkipLayerNorm/BiasGelu fusion;
-    ``-learned``: significance from the learned scorer (exported unfused, as the engine serves it)."""
+    ``-learned``: significance from the learned scorer (exported unfused, as the engine serves it); ``-question``:
+    the question scorer, its U made non-zero so that the question changes which tokens are kept."""
     family, _, significance = request.param.partition("-")
-    la_config = LengthAdaptiveConfig(significance=significance or "attention")
+    question = significance == "question"
+    la_config = LengthAdaptiveConfig(
+        significance="learned" if question else significance or "attention", scorer_question=question
+    )
     model = LengthAdaptiveQA(tiny_hf_qa(family, vocab_size=1000), la_config).eval()
+    if question:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(7)
+            model.scorer.question.normal_(0.0, 0.5)
     path = tmp_path_factory.mktemp(f"onnx-{request.param}") / "model.onnx"
     path = export_length_adaptive(model, path, fuse=not significance)
     return family, model, _session(path)

@@ -56,7 +56,7 @@ def test_learned_significance_keeps_the_tokens_the_scorer_ranks_highest():
     model.embeddings.position_embeddings.weight.data.zero_()
     model.embeddings.token_type_embeddings.weight.data.zero_()
 
-    def by_position(h: torch.Tensor, layer: int) -> torch.Tensor:  # (B, n): the slot's original position
+    def by_position(h: torch.Tensor, layer: int, question=None) -> torch.Tensor:  # (B, n): original position
         return current_positions[0].float()
 
     current_positions = [None]
@@ -158,3 +158,49 @@ def test_scorer_has_its_own_learning_rate_and_lengthdrop_trains_it(tmp_path, tin
     trainer.train()
     assert not torch.equal(model.scorer.weight, scorer0)
     assert not torch.equal(model.layers[0].intermediate.dense.weight, ffn0)
+
+
+def test_question_scorer_by_hand():
+    """s = h·(w + U q̄) + b with q̄ the mean of the question tokens' states, on numbers small enough to check."""
+    scorer = TokenScorer(num_layers=1, hidden_size=2, question=True)
+    with torch.no_grad():
+        scorer.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        scorer.bias.fill_(0.5)
+        scorer.question.copy_(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))  # U swaps the two coordinates
+    h = torch.tensor([[[2.0, 0.0], [0.0, 4.0], [1.0, 1.0], [3.0, -1.0]]])  # (1, 4, 2)
+    question = torch.tensor([[True, True, False, False]])  # q̄ = (1, 2) -> U q̄ = (2, 1) -> w + U q̄ = (3, 1)
+    expected = [2 * 3 + 0.5, 4 * 1 + 0.5, 3 + 1 + 0.5, 9 - 1 + 0.5]
+    assert scorer(h, 0, question)[0].tolist() == pytest.approx(expected)
+    # the linear part alone (U = 0) is the linear scorer on the same weights
+    scorer.question.data.zero_()
+    linear = TokenScorer(1, 2)
+    linear.load_state_dict(scorer.state_dict(), strict=False)
+    assert torch.equal(scorer(h, 0, question), linear(h, 0))
+
+
+def test_question_scorer_conversion_selection_and_round_trip(tmp_path):
+    """A question scorer converted from a linear one keeps its weights and, with U = 0, keeps the same tokens;
+    a non-zero U changes the kept tokens; saving and loading keeps U."""
+    hf = tiny_hf_qa("bert", layers=2)
+    linear = LengthAdaptiveQA(hf, LengthAdaptiveConfig(significance="learned")).eval()
+    weight = linear.scorer.weight.detach().clone()
+    model = linear.with_significance("learned", scorer_question=True).eval()
+    assert model.la_config.scorer_question and torch.equal(model.scorer.weight, weight)
+    assert torch.count_nonzero(model.scorer.question) == 0
+    ids, mask, types = padded_batch(hf.config.vocab_size, [40, 33], 0)
+    types[:, :8], types[:, 8:] = 0, 1  # an 8-token question segment
+    with torch.no_grad():
+        plain = model(ids, mask, types, length_config=[20, 10], output_hidden_states=True).alive
+        reference = linear(ids, mask, types, length_config=[20, 10], output_hidden_states=True).alive
+        torch.manual_seed(3)
+        model.scorer.question.normal_(0.0, 1.0)
+        conditioned = model(ids, mask, types, length_config=[20, 10], output_hidden_states=True).alive
+    assert all(torch.equal(a, b) for a, b in zip(plain, reference, strict=True)), "U = 0 ranks as the linear scorer"
+    assert not torch.equal(conditioned[0], plain[0]), "a non-zero U changes which tokens are kept"
+    model.save_pretrained(tmp_path / "q")
+    loaded = LengthAdaptiveQA.from_pretrained(tmp_path / "q")
+    assert loaded.la_config.scorer_question and torch.equal(loaded.scorer.question, model.scorer.question)
+    with pytest.raises(QualaError, match="needs token_type_ids"):
+        loaded(ids, mask, None, length_config=[20, 10])
+    with pytest.raises(QualaError, match="needs significance 'learned'"):
+        LengthAdaptiveConfig(scorer_question=True)

@@ -80,11 +80,16 @@ class LengthAdaptiveConfig:
     - ``"learned"``: a per-layer linear token scorer on the layer's attention output, trained to predict where
       the full model puts its answer (docs/training.md, "Learned token significance"; in the spirit of
       Block-Skim, Guan et al. 2022). Attention stays fused in every layer.
+
+    ``scorer_question`` (learned significance only): the scorer also reads the question, ``s = h · (w_i + U_i q̄)
+    + b_i`` with ``q̄`` the mean state of the alive question tokens (``token_type_ids`` 0), so that a layer can
+    keep the context tokens that match *this* question rather than those that look like answers in general.
     """
 
     reference_length: int = 384
     length_rule: str = "ratio"
     significance: str = "attention"
+    scorer_question: bool = False
 
     def __post_init__(self) -> None:
         if self.length_rule not in ("ratio", "clip"):
@@ -93,6 +98,8 @@ class LengthAdaptiveConfig:
             raise QualaError(f"significance must be 'attention' or 'learned', got {self.significance!r}")
         if self.reference_length < 1:
             raise QualaError(f"reference_length must be >= 1, got {self.reference_length}")
+        if self.scorer_question and self.significance != "learned":
+            raise QualaError("scorer_question needs significance 'learned'")
 
 
 @dataclass

@@ -50,18 +50,28 @@ class LengthAdaptiveQAOutput:
 
 class TokenScorer(nn.Module):
     """One linear token scorer per layer, ``s_i = h · w_i + b_i`` on the layer's attention output: the learned
-    significance of :class:`~quala.config.LengthAdaptiveConfig`. Its parameters are stored inside the Hugging
-    Face checkpoint under ``quala_scorer.`` so that every copy, conversion and export of the weights keeps it."""
+    significance of :class:`~quala.config.LengthAdaptiveConfig`. With ``question`` the weight vector depends on
+    the question, ``w_i + U_i q̄`` (``U`` starts at zero: a fresh question scorer ranks as the linear one). Its
+    parameters are stored inside the Hugging Face checkpoint under ``quala_scorer.`` so that every copy,
+    conversion and export of the weights keeps it."""
 
     PREFIX = "quala_scorer."
 
-    def __init__(self, num_layers: int, hidden_size: int):
+    def __init__(self, num_layers: int, hidden_size: int, question: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(num_layers, hidden_size) * 0.02)  # (N, D)
         self.bias = nn.Parameter(torch.zeros(num_layers))  # (N,)
+        self.question = nn.Parameter(torch.zeros(num_layers, hidden_size, hidden_size)) if question else None
 
-    def forward(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        return torch.matmul(h, self.weight[layer]) + self.bias[layer]  # (B, n)
+    def forward(self, h: torch.Tensor, layer: int, question: torch.Tensor | None = None) -> torch.Tensor:
+        """``h`` (B, n, D); ``question`` (B, n) bool, the alive question tokens (question scorers only)."""
+        scores = torch.matmul(h, self.weight[layer]) + self.bias[layer]  # (B, n)
+        if self.question is None:
+            return scores
+        q = question.to(h.dtype).unsqueeze(-1)  # (B, n, 1)
+        mean = (h * q).sum(1) / q.sum(1).clamp_min(1.0)  # (B, D)
+        w = torch.matmul(mean, self.question[layer])  # (B, D)
+        return scores + torch.matmul(h, w.unsqueeze(-1)).squeeze(-1)  # (B, n)
 
 
 # -------------------------------------------------------------------------------------- length configs
@@ -96,9 +106,13 @@ class LengthAdaptiveQA(nn.Module):
             ) from None
         self.scorer: TokenScorer | None = None
         if self.la_config.significance == "learned":
-            if not isinstance(getattr(qa_model, "quala_scorer", None), TokenScorer):
+            old = getattr(qa_model, "quala_scorer", None)
+            wanted = self.la_config.scorer_question
+            if not isinstance(old, TokenScorer) or (old.question is not None) != wanted:
                 # a submodule of the HF model, so its save_pretrained writes the scorer into model.safetensors
-                qa_model.quala_scorer = TokenScorer(len(self.layers), qa_model.config.hidden_size)
+                qa_model.quala_scorer = TokenScorer(len(self.layers), qa_model.config.hidden_size, wanted)
+                if isinstance(old, TokenScorer):  # a linear scorer warm-starts a question scorer (and back)
+                    qa_model.quala_scorer.load_state_dict(old.state_dict(), strict=False)
             self.scorer = qa_model.quala_scorer
 
     @property
@@ -145,10 +159,11 @@ class LengthAdaptiveQA(nn.Module):
             _load_scorer(qa.scorer, Path(path), required=stored.significance == "learned")
         return qa
 
-    def with_significance(self, significance: str, seed: int = 0) -> LengthAdaptiveQA:
+    def with_significance(self, significance: str, seed: int = 0, scorer_question: bool = False) -> LengthAdaptiveQA:
         """The same weights with another token significance; switching to ``"learned"`` adds a fresh scorer
-        (seeded) unless the model has one, switching away removes it."""
-        la_config = dataclasses.replace(self.la_config, significance=significance)
+        (seeded) unless the model has one, switching away removes it. ``scorer_question`` turns a linear scorer
+        into a question scorer that starts from its weights (and back)."""
+        la_config = dataclasses.replace(self.la_config, significance=significance, scorer_question=scorer_question)
         if significance != "learned" and hasattr(self.hf, "quala_scorer"):
             del self.hf.quala_scorer
         with torch.random.fork_rng(devices=[]):
@@ -192,6 +207,11 @@ class LengthAdaptiveQA(nn.Module):
         learned = self.scorer is not None
         if output_token_scores and not learned:
             raise QualaError("output_token_scores needs a model with significance 'learned'")
+        question_mask = None  # (B, L) the question segment, for a question scorer
+        if learned and self.scorer.question is not None:
+            if token_type_ids is None:
+                raise QualaError("a question scorer (scorer_question) needs token_type_ids: BERT-family models")
+            question_mask = attention_mask.bool() & (token_type_ids == 0)
         h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, L, D)
         kept = _Kept.of(attention_mask.bool(), h)
         rule, ref = self.la_config.length_rule, self.la_config.reference_length
@@ -222,7 +242,8 @@ class LengthAdaptiveQA(nn.Module):
             )
             if attns is not None:
                 attns.append(probs)
-            scores = self.scorer(attn_out, i) if learned and (drop or scores_out is not None) else None  # (B, n)
+            question = None if question_mask is None else question_mask.gather(1, kept.slots()) & kept.mask
+            scores = self.scorer(attn_out, i, question) if learned and (drop or scores_out is not None) else None
             if scores_out is not None:
                 for store, value in zip(scores_out, (scores, kept.slots(), kept.mask)):
                     store.append(value)
@@ -372,7 +393,7 @@ def _load_scorer(scorer: TokenScorer, path: Path, required: bool) -> None:
     from safetensors import safe_open
 
     file = path / "model.safetensors"
-    names = {name: TokenScorer.PREFIX + name for name in ("weight", "bias")}
+    names = {name: TokenScorer.PREFIX + name for name, _ in scorer.named_parameters()}
     tensors = {}
     if file.is_file():
         with safe_open(str(file), framework="pt") as f:
@@ -388,8 +409,8 @@ def _load_scorer(scorer: TokenScorer, path: Path, required: bool) -> None:
             f"{tuple(scorer.weight.shape)}"
         )
     with torch.no_grad():
-        scorer.weight.copy_(tensors["weight"].float())
-        scorer.bias.copy_(tensors["bias"].float())
+        for name, param in scorer.named_parameters():
+            param.copy_(tensors[name].float())
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -574,8 +574,10 @@ def build_trainer(
     eval_data = data.validation.spread(config.max_eval_examples) if data.validation is not None else None
     source = ModelDir.resolve(model)
     model = LengthAdaptiveQA.from_pretrained(source, seed=config.seed)
-    if config.significance and config.significance != model.la_config.significance:
-        model = model.with_significance(config.significance, seed=config.seed)
+    significance = config.significance or model.la_config.significance
+    question = config.scorer.question if config.scorer.question is not None else model.la_config.scorer_question
+    if (significance, question) != (model.la_config.significance, model.la_config.scorer_question):
+        model = model.with_significance(significance, seed=config.seed, scorer_question=question)
     tokenizer = load_tokenizer(source)
     teacher = None
     if config.kd.teacher:

@@ -90,6 +90,12 @@ class ScorerConfig:
     window: int = setting(15, "Tokens around the full model's answer that count as relevant to the scorer.")
     question_weight: float = setting(0.2, "Share of the scorer's target spread over the question segment.")
     lr: float | None = setting(None, "The token scorer's own learning rate (default: --lr).")
+    question: bool | None = setting(
+        None,
+        "Condition the scorer on the question (s = h·(w + U·q̄) + b; BERT-family models; a linear scorer "
+        "warm-starts it). Default: keep the model's scorer.",
+        flag="--scorer-question",
+    )
 
     def __post_init__(self) -> None:
         if self.weight < 0:
