@@ -204,3 +204,37 @@ def test_question_scorer_conversion_selection_and_round_trip(tmp_path):
         loaded(ids, mask, None, length_config=[20, 10])
     with pytest.raises(QualaError, match="needs significance 'learned'"):
         LengthAdaptiveConfig(scorer_question=True)
+
+
+def test_question_layers_train_only_the_first_layers_question_weights(tmp_path, minilm_path):
+    """scorer.question_layers K: a linear scorer converted to a question scorer trains U in layers < K only; the
+    later layers' U stays exactly zero (they rank as linear scorers) while their w still trains."""
+    from transformers import AutoTokenizer, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    src = tmp_path / "src"
+    hf = BertForQuestionAnswering(tiny_config("bert", layers=3))
+    LengthAdaptiveQA(hf, LengthAdaptiveConfig(significance="learned")).save_pretrained(src)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(src)
+    saved = {}
+    for k in (1, None):  # None: the control arm, every layer's U trains
+        out = tmp_path / f"out-{k}"
+        trainer = _trainer(
+            src,
+            out,
+            max_train_examples=24,
+            max_steps=3,
+            lr=1e-2,
+            trainable="scorer",
+            scorer={"question": True, "question_layers": k},
+        )
+        w0 = trainer.model.scorer.weight.detach().clone()
+        trainer.train()
+        saved[k] = load_file(str(out / "model.safetensors"))
+        assert all(not torch.equal(saved[k][TokenScorer.PREFIX + "weight"][i], w0[i]) for i in range(3))
+        assert LengthAdaptiveQA.from_pretrained(out).la_config.scorer_question
+    u, control = saved[1][TokenScorer.PREFIX + "question"], saved[None][TokenScorer.PREFIX + "question"]
+    assert torch.count_nonzero(u[0]) > 0 and torch.count_nonzero(u[1:]) == 0
+    assert all(torch.count_nonzero(control[i]) > 0 for i in range(3))
+    with pytest.raises(QualaError, match="question_layers must be >= 0"):
+        from_dict(TrainConfig, {"scorer": {"question_layers": -1}})

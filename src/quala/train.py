@@ -187,6 +187,14 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(False)
             model.scorer.requires_grad_(True)
+        k = config.scorer.question_layers
+        if k is not None:
+            if model.scorer is None or model.scorer.question is None:
+                raise QualaError("scorer.question_layers needs a question scorer (scorer.question: true)")
+            keep = (torch.arange(model.num_layers) < k).to(model.scorer.question.dtype)[:, None, None]  # (N, 1, 1)
+            with torch.no_grad():
+                model.scorer.question.mul_(keep)  # later layers stay linear: U = 0, and no gradient moves it
+            model.scorer.question.register_hook(lambda grad: grad * keep)
         if config.compile:
             for layer in model.layers:
                 for block in (layer.attention.output, layer.intermediate, layer.output):

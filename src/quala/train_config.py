@@ -96,6 +96,11 @@ class ScorerConfig:
         "warm-starts it). Default: keep the model's scorer.",
         flag="--scorer-question",
     )
+    question_layers: int | None = setting(
+        None,
+        "Only the first K layers' scorers read the question; the later ones stay linear (U = 0). Default: all.",
+        flag="--scorer-question-layers",
+    )
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -104,6 +109,8 @@ class ScorerConfig:
             raise QualaError(f"scorer.window must be >= 1, got {self.window}")
         if not 0 <= self.question_weight < 1:
             raise QualaError(f"scorer.question_weight must be in [0, 1), got {self.question_weight}")
+        if self.question_layers is not None and self.question_layers < 0:
+            raise QualaError(f"scorer.question_layers must be >= 0, got {self.question_layers}")
         if self.lr is not None and self.lr <= 0:
             raise QualaError(f"scorer.lr must be > 0, got {self.lr}")
 
