@@ -167,8 +167,12 @@ def la_config_of(hf_config: Any, where: str = f"config.json:{CONFIG_KEY}") -> Le
 
 
 def store_la_config(hf_config: Any, la_config: LengthAdaptiveConfig) -> None:
-    """Put the length-adaptive settings into a Hugging Face config before it is saved."""
-    setattr(hf_config, CONFIG_KEY, dataclasses.asdict(la_config))
+    """Put the length-adaptive settings into a Hugging Face config before it is saved (``scorer_question`` only
+    when set, so that the models saved before it existed and those without it read the same)."""
+    values = dataclasses.asdict(la_config)
+    if not values["scorer_question"]:
+        del values["scorer_question"]
+    setattr(hf_config, CONFIG_KEY, values)
 
 
 def write_manifest(directory: str | os.PathLike, stage: str, **fields: Any) -> None:
