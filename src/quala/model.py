@@ -242,8 +242,10 @@ class LengthAdaptiveQA(nn.Module):
             )
             if attns is not None:
                 attns.append(probs)
-            question = None if question_mask is None else question_mask.gather(1, kept.slots()) & kept.mask
-            scores = self.scorer(attn_out, i, question) if learned and (drop or scores_out is not None) else None
+            scores = None  # (B, n)
+            if learned and (drop or scores_out is not None):
+                question = None if question_mask is None else question_mask.gather(1, kept.slots()) & kept.mask
+                scores = self.scorer(attn_out, i, question)
             if scores_out is not None:
                 for store, value in zip(scores_out, (scores, kept.slots(), kept.mask)):
                     store.append(value)
