@@ -194,7 +194,8 @@ class Trainer:
             keep = (torch.arange(model.num_layers) < k).to(model.scorer.question.dtype)[:, None, None]  # (N, 1, 1)
             with torch.no_grad():
                 model.scorer.question.mul_(keep)  # later layers stay linear: U = 0, and no gradient moves it
-            model.scorer.question.register_hook(lambda grad: grad * keep)
+            # the hook runs on the training device, which the model reaches only later (accelerate's prepare)
+            model.scorer.question.register_hook(lambda grad: grad * keep.to(grad.device))
         if config.compile:
             for layer in model.layers:
                 for block in (layer.attention.output, layer.intermediate, layer.output):
