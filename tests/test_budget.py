@@ -27,6 +27,26 @@ def test_presets():
     assert resolve_budget(FRONT, Budget(preset="fast"), FULL).length_config == [20, 18, 15]  # within 5 F1
 
 
+def test_presets_count_from_full_length_when_a_dropped_point_scored_above_it():
+    """A search front from a small validation subset: a token-dropping point measured 2 F1 above full length (the
+    winner's curse of many candidates). No budget and `accurate` stay at full length; `balanced` and `fast` allow
+    1 and 5 F1 below full length's 81.0, not below the 83.0 point."""
+    front = [
+        FrontPoint([10, 8, 6], 76.5, 400, 10.0),
+        FrontPoint([20, 18, 15], 80.2, 500, 12.0),
+        FrontPoint([25, 20, 18], 83.0, 550, 13.0),
+        FrontPoint(None, 81.0, 1000, 25.0),
+    ]
+    assert resolve_budget(front, None, FULL).length_config is None
+    assert resolve_budget(front, Budget(preset="accurate"), FULL).length_config is None
+    assert resolve_budget(front, Budget(preset="balanced"), FULL).length_config == [20, 18, 15]  # 80.2 >= 80.0
+    assert resolve_budget(front, Budget(preset="fast"), FULL).length_config == [10, 8, 6]  # 76.5 >= 76.0
+    # a MACs budget still takes the most accurate point that fits
+    assert resolve_budget(front, Budget(macs_fraction=0.6), FULL).length_config == [25, 20, 18]
+    # a front without its full-length point: the best point is the reference, as before
+    assert resolve_budget(front[:3], None, FULL).length_config == [25, 20, 18]
+
+
 def test_macs_and_latency_budgets_pick_the_most_accurate_fitting_point():
     assert resolve_budget(FRONT, Budget(macs_fraction=0.7), FULL).length_config == [20, 18, 15]
     assert resolve_budget(FRONT, Budget(macs_fraction=1.0), FULL).length_config is None

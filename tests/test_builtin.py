@@ -350,9 +350,9 @@ def test_card_training_sections(packaged):
     ):
         assert section in card
     # the budget presets on the shipped front: fast = cheapest within 5 F1 of 75, balanced = within 1
-    assert "| `fast` | cheapest within 5 F1 of the best | 160,120,90,60 | 70.00 |" in card
-    assert "| `balanced` | cheapest within 1 F1 of the best | 300,260,220,180 | 74.50 |" in card
-    assert "| `accurate` | best F1 | 384 ×4 | 75.00 | 100% |" in card
+    assert "| `fast` | cheapest within 5 F1 of full length | 160,120,90,60 | 70.00 |" in card
+    assert "| `balanced` | cheapest within 1 F1 of full length | 300,260,220,180 | 74.50 |" in card
+    assert "| `accurate` | full length (else best F1) | 384 ×4 | 75.00 | 100% |" in card
 
 
 def test_card_stage_without_a_recorded_time(fake_run, tmp_path):
@@ -369,6 +369,34 @@ def test_card_stage_without_a_recorded_time(fake_run, tmp_path):
     assert "| search | – | – |" in card
     # 3,420.8 s in all less the search's 300.25 s
     assert "| **total** | 3,120.6 | 52.0 |" in card
+
+
+def test_card_of_a_gpu_trained_model(fake_run, tmp_path):
+    """A model whose training manifest records a GPU: the card names it and times training in minutes (the later
+    stages ran on a CPU), where a CPU-trained card says "no GPU" and counts the whole pipeline."""
+    from quala.builtin import package_builtin
+    from quala.model_dir import read_manifest, write_manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    manifest = read_manifest(run / "lengthdrop")
+    machine = {**manifest["machine"], "gpu": "Test GPU 80GB"}
+    write_manifest(run / "lengthdrop", "train", steps=12, selected=manifest["selected"], machine=machine)
+    card = (package_builtin(run, tmp_path / "pkg").directory / "MODEL_CARD.md").read_text()
+    assert "**Training machine**: Test CPU 9000, 2 cores, GPU Test GPU 80GB; ISA flags: avx, avx2, fma" in card
+    assert "no GPU" not in card
+    # fine-tuning 1,200.5 s + LengthDrop 600.0 s = 30.0 minutes
+    assert "- Trained on one Test GPU 80GB (fine-tuning and LengthDrop: 30.0 minutes) on 273 training questions" in card
+
+
+def test_card_names_a_question_scorer():
+    from quala.card import _question_scorer
+
+    assert _question_scorer({"question": None, "question_layers": None}) == ""
+    assert _question_scorer({"question": True, "question_layers": None}) == "; it reads the question"
+    assert _question_scorer({"question": True, "question_layers": 3}) == (
+        "; it reads the question in the first 3 layers, linear after them"
+    )
 
 
 def test_card_base_model_provenance_from_the_wheel(packaged):

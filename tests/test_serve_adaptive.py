@@ -31,13 +31,14 @@ from quala.budget import Budget, resolve_budget
 from quala.engine import Answer
 from quala.front import FrontPoint
 
-# A fake front whose MACs are half the sum of the token counts (FULL: 400). The most accurate point is not the
-# most expensive one, so "accurate" differs from "full".
+# A fake front whose MACs are half the sum of the token counts (full length: 400). FRONT lacks its full-length
+# point, so its most accurate point, BEST, is what `accurate` picks; FULL, measured below BEST as a search on a few
+# questions can measure it, joins where a test needs it (then `accurate` is FULL: quala.budget).
 CHEAP = FrontPoint([120, 80], 70.0, 100, 5.0)
 MID = FrontPoint([220, 180], 74.0, 200, 20.0)
 BEST = FrontPoint([320, 280], 76.0, 300, 35.0)
 FULL = FrontPoint(None, 75.5, 400, 50.0)
-FRONT = [CHEAP, MID, BEST, FULL]
+FRONT = [CHEAP, MID, BEST]
 FIRST = Line(0.004, 0.0002)  # one question: CHEAP 24 ms, MID 44, BEST 64, FULL 84
 EXTRA = Line(0.0, 0.0001)  # each further question in the call: CHEAP 10 ms, MID 20, BEST 30, FULL 40
 TARGET_S = 0.150  # plans for HEADROOM * 150 ms = 120 ms
@@ -177,19 +178,22 @@ def test_request_size_scales_the_prediction_and_the_choice():
 
 @pytest.mark.parametrize(
     "front",
-    [FRONT, [FULL, CHEAP], [CHEAP], [FrontPoint(None, None, 400, None)]],
-    ids=["four", "full-best", "one", "no-front"],
+    [FRONT, [*FRONT, FULL], [FULL, CHEAP], [CHEAP], [FrontPoint(None, None, 400, None)]],
+    ids=["three", "full-below-best", "full-best", "one", "no-front"],
 )
 def test_no_load_choice_is_the_accurate_preset(front):
     t = LatencyTarget(TARGET_S, front, CostModel(FIRST, EXTRA, fake_macs), Backlog(FakeClock()))
     accurate = resolve_budget(front, Budget(preset="accurate"), full_macs=400)
     assert t.choose() == accurate
+    if FULL in front:  # full length is the reference even below a dropped point (84 ms fits the 120 ms plan)
+        assert accurate == FULL
 
 
 def test_calibration_times_each_point_and_fits_lines():
     """A fake engine advances a fake clock by each configuration's known cost; calibration recovers the lines."""
     clock = FakeClock()
     calls = []
+    FOUR = [*FRONT, FULL]  # noqa: N806
     cost = CostModel(FIRST, EXTRA, fake_macs)
 
     class Engine:
@@ -203,15 +207,15 @@ def test_calibration_times_each_point_and_fits_lines():
             return fake_macs(key)
 
     items = [(f"q{i}", "c") for i in range(8)]
-    got = calibrate(Engine(), FRONT, items, batch=8, reps=3, clock=clock)
+    got = calibrate(Engine(), FOUR, items, batch=8, reps=3, clock=clock)
     assert astuple(got.first) == pytest.approx(astuple(FIRST)) and got.extra.slope == pytest.approx(EXTRA.slope)
     assert got.extra.intercept == pytest.approx(0.0, abs=1e-12)
     assert calls[0] == (None, 1)  # warm-up
-    assert calls[1:5] == [(config_key(p.length_config), 1) for p in FRONT]  # rounds over the whole front
-    assert calls[13:] == [(config_key(p.length_config), 8) for p in FRONT] and len(calls) == 17
+    assert calls[1:5] == [(config_key(p.length_config), 1) for p in FOUR]  # rounds over the whole front
+    assert calls[13:] == [(config_key(p.length_config), 8) for p in FOUR] and len(calls) == 17
     assert [m["batch_1_ms"] for m in got.measured] == pytest.approx([24, 44, 64, 84])
     # timings on the line are already monotone: each point keeps its own
-    assert [got.points[config_key(p.length_config)] for p in FRONT] == pytest.approx([0.024, 0.044, 0.064, 0.084])
+    assert [got.points[config_key(p.length_config)] for p in FOUR] == pytest.approx([0.024, 0.044, 0.064, 0.084])
 
 
 def test_isotonic_pools_what_falls_where_it_should_rise():
@@ -240,7 +244,7 @@ def test_points_that_cost_the_same_give_way_to_the_most_accurate():
             return fake_macs(key)
 
     cost = calibrate(Engine(), FRONT, [(f"q{i}", "c") for i in range(8)], batch=8, reps=3, clock=clock)
-    assert [cost.points[config_key(p.length_config)] for p in FRONT] == pytest.approx([0.029, 0.029, 0.064, 0.084])
+    assert [cost.points[config_key(p.length_config)] for p in FRONT] == pytest.approx([0.029, 0.029, 0.064])
     t = LatencyTarget(TARGET_S, FRONT, cost, Backlog(clock))
     t.backlog.add(0.088, 1)  # 32 ms left of the 120 ms plan: BEST (64) does not fit, MID (29) does
     assert t.choose() == MID
@@ -250,7 +254,7 @@ def test_points_that_cost_the_same_give_way_to_the_most_accurate():
 
 
 def test_calibration_stops_at_its_time_budget():
-    """Each call takes 10 s: after the warm-up and one round (50 s > 30 s) no batch is timed."""
+    """Each call takes 10 s: after the warm-up and one round (40 s > 30 s) no batch is timed."""
     clock = FakeClock()
     calls = []
 
@@ -263,9 +267,9 @@ def test_calibration_stops_at_its_time_budget():
             return fake_macs(key)
 
     got = calibrate(SlowEngine(), FRONT, [("q", "c")] * 8, batch=8, reps=3, clock=clock, budget_s=30.0)
-    assert calls == [1] * 5  # warm-up + one round over the four points
+    assert calls == [1] * 4  # warm-up + one round over the three points
     assert astuple(got.first) == pytest.approx((10.0, 0.0)) and got.extra == got.first  # no batching gain
-    assert [m["batch_8_ms"] for m in got.measured] == [None] * 4
+    assert [m["batch_8_ms"] for m in got.measured] == [None] * 3
 
 
 class BlockingEngine:
@@ -281,7 +285,7 @@ class BlockingEngine:
         self.release.wait(timeout=30)
         lc = None if length_config == "full" else length_config
         self.configs.append(lc)
-        point = next(p for p in FRONT if p.length_config == lc)
+        point = next(p for p in [*FRONT, FULL] if p.length_config == lc)
         self.clock.t += 2 * CostModel(FIRST, EXTRA, fake_macs).calibrated(lc, len(items))
         return [Answer("x", 1.0, 0, 1, lc, point.macs, 1.0) for _ in items]
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from quala.budget import accuracy_key
+from quala.budget import accuracy_ranking
 from quala.front import FrontPoint
 
 HEADROOM = 0.8  # plan for 80% of the target; the rest absorbs inputs longer than average and HTTP time
@@ -348,7 +348,7 @@ class LatencyTarget:
     arrivals: Arrivals = field(init=False)  # on the backlog's clock
 
     def __post_init__(self) -> None:
-        self.ranked = sorted(self.front, key=accuracy_key, reverse=True)  # the `accurate` preset first
+        self.ranked = accuracy_ranking(self.front)  # the `accurate` preset first
         self.arrivals = Arrivals(self.backlog.clock)
 
     @classmethod

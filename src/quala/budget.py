@@ -8,7 +8,9 @@ fix one configuration per exported graph):
 - ``macs_fraction``: MACs at most this fraction of the full-length model's.
 - ``max_latency_ms``: latency measured by the search at most this many milliseconds.
 - ``preset``: ``accurate`` (best F1), ``balanced`` (cheapest within 1 F1 point of the best) or ``fast``
-  (cheapest within 5 F1 points of the best).
+  (cheapest within 5 F1 points of the best). "The best" is the full-length point when the front has one: a
+  token-dropping configuration that scores above it was picked for that score among the search's many candidates
+  on the same validation questions (the winner's curse), where full length is the reference no selection touched.
 
 Without a front only the full-length model exists: every preset resolves to it, and a budget it cannot meet
 is an error that says to run ``quala search``.
@@ -27,7 +29,7 @@ PRESETS = {"accurate": None, "balanced": 1.0, "fast": 5.0}  # allowed F1 drop fr
 
 
 PRESET_HELP = "; ".join(
-    f"{name}: best F1" if drop is None else f"{name}: cheapest within {drop:g} F1 of the best"
+    f"{name}: full length (else best F1)" if drop is None else f"{name}: cheapest within {drop:g} F1 of it"
     for name, drop in PRESETS.items()
 )
 
@@ -95,17 +97,30 @@ def accuracy_key(p: FrontPoint) -> tuple[float, int]:
     return (p.f1 if p.f1 is not None else float("inf"), -p.macs)
 
 
+def reference_point(front: list[FrontPoint], full_macs: int | None = None) -> FrontPoint:
+    """What ``accurate`` picks: the full-length point (MACs ``full_macs``, default the front's largest) when the
+    front has one, else the most accurate point (module docstring)."""
+    full_macs = max(p.macs for p in front) if full_macs is None else full_macs
+    full = [p for p in front if p.length_config is None or p.macs >= full_macs]
+    return max(full or front, key=accuracy_key)
+
+
+def accuracy_ranking(front: list[FrontPoint], full_macs: int | None = None) -> list[FrontPoint]:
+    """The front from most to least accurate, :func:`reference_point` first."""
+    top = reference_point(front, full_macs)
+    return [top, *sorted((p for p in front if p is not top), key=accuracy_key, reverse=True)]
+
+
 def resolve_budget(front: list[FrontPoint], budget: Budget | None, full_macs: int) -> FrontPoint:
-    """The most accurate front point that fits ``budget`` (no budget: the most accurate point)."""
+    """The most accurate front point that fits ``budget``; no budget or a preset: counted from full length (module
+    docstring)."""
 
     def best(points: list[FrontPoint]) -> FrontPoint:
         return max(points, key=accuracy_key)
 
-    if budget is None or budget.preset == "accurate":
-        return best(front)
-    if budget.preset is not None:
-        top = best(front)
-        if top.f1 is None:
+    if budget is None or budget.preset is not None:
+        top = reference_point(front, full_macs)
+        if budget is None or budget.preset == "accurate" or top.f1 is None:
             return top
         allowed = top.f1 - PRESETS[budget.preset]
         return min((p for p in front if p.f1 is not None and p.f1 >= allowed), key=lambda p: p.macs)

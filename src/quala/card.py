@@ -208,6 +208,14 @@ def _machine(train: dict[str, Any] | None, bench: dict[str, Any] | None) -> dict
     return {k: v for k, v in out.items() if k not in ("load_average_before", "load_average_after")}
 
 
+def _question_scorer(scorer: dict[str, Any]) -> str:
+    """How the recipe's token scorer reads the question (``scorer.question``, ``scorer.question_layers``)."""
+    if not scorer.get("question"):
+        return ""
+    k = scorer.get("question_layers")
+    return "; it reads the question" + (f" in the first {k} layers, linear after them" if k is not None else "")
+
+
 def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in keys}
 
@@ -253,7 +261,7 @@ def presets_table(results: dict[str, Any]) -> list[str]:
     full = max(p.macs for p in front)
     lines = ["| preset | rule | tokens per layer | search F1 | MACs vs full |", "|---|---|---|---|---|"]
     rules = {
-        name: "best F1" if drop is None else f"cheapest within {drop:g} F1 of the best"
+        name: "full length (else best F1)" if drop is None else f"cheapest within {drop:g} F1 of full length"
         for name, drop in PRESETS.items()
     }
     for name in PRESETS:
@@ -377,7 +385,7 @@ def _training_section(results: dict[str, Any], facts: dict[str, Any]) -> list[st
         f"{'on' if ldd.get('inplace_distillation', True) else 'off'}"
         + (
             f", learned token scorer trained beside it (scorer loss weight {ld.get('scorer', {}).get('weight', 1.0)}, "
-            f"its own learning rate {ld.get('scorer', {}).get('lr')})"
+            f"its own learning rate {ld.get('scorer', {}).get('lr')}" + _question_scorer(ld.get("scorer") or {}) + ")"
             if ld.get("significance") == "learned"
             else ""
         )
@@ -394,7 +402,8 @@ def _training_section(results: dict[str, Any], facts: dict[str, Any]) -> list[st
             else "every Linear layer in int8."
         ),
         "",
-        f"**Machine**: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, no GPU; ISA flags: "
+        f"**{'Training machine' if machine.get('gpu') else 'Machine'}**: {machine.get('cpu', '?')}, "
+        f"{machine.get('cores', '?')} cores, {'GPU ' + machine['gpu'] if machine.get('gpu') else 'no GPU'}; ISA flags: "
         f"{', '.join(machine.get('isa_flags') or []) or '?'}"
         + (f" ({machine['isa_flags_source']})" if machine.get("isa_flags_source") else "")
         + "; "
@@ -473,12 +482,18 @@ def _closing_section(results: dict[str, Any], facts: dict[str, Any]) -> list[str
     t, base = results["training"], results["base_model"]
     machine = t["machine"]
     total_q, total_s, fp32_full = facts["total_q"], facts["total_s"], facts["fp32_full"]
+    train_s = sum(t["stages"].get(s, {}).get("seconds") or 0 for s in ("finetune", "lengthdrop"))
     out: list[str] = []
     out += [
         "",
         "## Limitations",
         "",
-        f"- Trained on a {machine.get('cores', '?')}-core CPU (the whole pipeline: {total_s / 3600:.1f} hours) on "
+        (
+            f"- Trained on one {machine['gpu']} (fine-tuning and LengthDrop: {train_s / 60:.1f} minutes) on "
+            if machine.get("gpu")
+            else f"- Trained on a {machine.get('cores', '?')}-core CPU (the whole pipeline: {total_s / 3600:.1f} "
+            "hours) on "
+        )
         + (f"{total_q:,}" if total_q else "a subset of the")
         + " training questions, against the 87,599 questions "
         "of the full SQuAD v1.1 train set that the papers train on for 2+ epochs on GPUs: its F1 "

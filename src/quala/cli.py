@@ -374,7 +374,10 @@ def pipeline(
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option(help="Packaged preset: demo (offline, tiny data), squad-mini (2-core CPU), squad (GPU)."),
+        typer.Option(
+            help="Packaged preset: demo (offline, tiny data), squad-mini (2-core CPU), "
+            "squad-mini-full (to the plateau), squad-mini-full-gpu (the built-in recipe), squad (GPU)."
+        ),
     ] = None,
     output_dir: Annotated[str | None, typer.Option(help="Where every stage writes its sub-directory.")] = None,
     model: Annotated[

@@ -107,6 +107,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "versions": {"torch": torch.__version__},
     }
+    if torch.cuda.is_available():  # training runs record the accelerator they ran on
+        info["gpu"] = torch.cuda.get_device_name(0)
     for name in ("transformers", "onnxruntime", "onnx", "numpy"):
         with contextlib.suppress(ImportError):
             info["versions"][name] = __import__(name).__version__
