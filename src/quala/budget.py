@@ -7,10 +7,11 @@ fix one configuration per exported graph):
 
 - ``macs_fraction``: MACs at most this fraction of the full-length model's.
 - ``max_latency_ms``: latency measured by the search at most this many milliseconds.
-- ``preset``: ``accurate`` (best F1), ``balanced`` (cheapest within 1 F1 point of the best) or ``fast``
-  (cheapest within 5 F1 points of the best). "The best" is the full-length point when the front has one: a
-  token-dropping configuration that scores above it was picked for that score among the search's many candidates
-  on the same validation questions (the winner's curse), where full length is the reference no selection touched.
+- ``preset``: ``accurate`` (full length), ``balanced`` (cheapest within 1 F1 point of full length) or ``fast``
+  (cheapest within 5 F1 points of it); on a front without its full-length point, of the most accurate point. Full
+  length is the reference even when a token-dropping point scored above it: that point was picked for its score
+  among the search's many candidates on the same validation questions (the winner's curse), where full length is
+  the one no selection touched.
 
 Without a front only the full-length model exists: every preset resolves to it, and a budget it cannot meet
 is an error that says to run ``quala search``.
@@ -28,10 +29,11 @@ from quala.front import FrontPoint
 PRESETS = {"accurate": None, "balanced": 1.0, "fast": 5.0}  # allowed F1 drop from the best point
 
 
-PRESET_HELP = "; ".join(
-    f"{name}: full length (else best F1)" if drop is None else f"{name}: cheapest within {drop:g} F1 of it"
+PRESET_RULES = {  # what each preset picks, in words (CLI/HTTP help, the model card)
+    name: "full length (else best F1)" if drop is None else f"cheapest within {drop:g} F1 of full length"
     for name, drop in PRESETS.items()
-)
+}
+PRESET_HELP = "; ".join(f"{name}: {rule}" for name, rule in PRESET_RULES.items())
 
 
 @dataclass(frozen=True)

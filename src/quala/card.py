@@ -254,21 +254,16 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
 
 def presets_table(results: dict[str, Any]) -> list[str]:
     """What each budget preset resolves to on the shipped front (search-subset F1)."""
-    from quala.budget import PRESETS, Budget, resolve_budget
+    from quala.budget import PRESET_RULES, Budget, resolve_budget
     from quala.front import front_points
 
     front = front_points(results["search"])
     full = max(p.macs for p in front)
     lines = ["| preset | rule | tokens per layer | search F1 | MACs vs full |", "|---|---|---|---|---|"]
-    rules = {
-        name: "full length (else best F1)" if drop is None else f"cheapest within {drop:g} F1 of full length"
-        for name, drop in PRESETS.items()
-    }
-    for name in PRESETS:
+    for name, rule in PRESET_RULES.items():
         p = resolve_budget(front, Budget(preset=name), full)
         lines.append(
-            f"| `{name}` | {rules[name]} | {_tokens(p.length_config, results['model'])} "
-            f"| {fmt(p.f1)} | {p.macs / full:.0%} |"
+            f"| `{name}` | {rule} | {_tokens(p.length_config, results['model'])} | {fmt(p.f1)} | {p.macs / full:.0%} |"
         )
     return lines
 
