@@ -35,6 +35,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -164,12 +165,16 @@ def start_server(
     if threads is not None:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the server's log goes to a file, not an unread pipe (a full pipe would block the server mid-run)
+    log_file = tempfile.NamedTemporaryFile("w+", prefix="quala-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    proc.log_path = log_file.name  # type: ignore[attr-defined]
+    log_file.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"server exited with {proc.returncode}: {Path(proc.log_path).read_text()[-2000:]}")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                 return proc, url
@@ -196,6 +201,12 @@ def servers(args: argparse.Namespace, specs: list[tuple[int | None, tuple[str, .
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            log = Path(proc.log_path)
+            text = log.read_text(errors="replace")
+            if "Traceback" in text:  # a server-side error: show it, it is what a 500 in the results means
+                print(f"server log ({log}), from the first traceback:\n{text[text.index('Traceback') :][-4000:]}")
+            else:
+                log.unlink(missing_ok=True)
 
 
 def rss_mb(pid: int) -> float:

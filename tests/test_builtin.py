@@ -353,6 +353,22 @@ def test_card_training_sections(packaged):
     assert "| `fast` | cheapest within 5 F1 of full length | 160,120,90,60 | 70.00 |" in card
     assert "| `balanced` | cheapest within 1 F1 of full length | 300,260,220,180 | 74.50 |" in card
     assert "| `accurate` | full length (else best F1) | 384 ×4 | 75.00 | 100% |" in card
+    assert "9 candidates each scored on 36 validation questions, objective macs." in card  # no re-scoring
+
+
+def test_card_names_a_rescored_front(fake_run, tmp_path):
+    from quala.builtin import package_builtin
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    document = json.loads((run / "search" / "search.json").read_text())
+    document["rescore"] = {"data": {"file": "x/dev.json", "num_questions": 1500}, "bins": 8, "candidates": []}
+    (run / "search" / "search.json").write_text(json.dumps(document))
+    card = (package_builtin(run, tmp_path / "pkg").directory / "MODEL_CARD.md").read_text()
+    assert (
+        "9 candidates each scored on 36 validation questions, objective macs; the front and the best candidate of "
+        "each of 8 cost bins re-scored on 1,500 questions, the front taken from those scores." in card
+    )
 
 
 def test_card_stage_without_a_recorded_time(fake_run, tmp_path):
@@ -369,6 +385,21 @@ def test_card_stage_without_a_recorded_time(fake_run, tmp_path):
     assert "| search | – | – |" in card
     # 3,420.8 s in all less the search's 300.25 s
     assert "| **total** | 3,120.6 | 52.0 |" in card
+
+
+def test_card_lists_stages_in_pipeline_order(fake_run, tmp_path):
+    """A stage run again later (here the search, re-scored after the quantization) is listed where the pipeline
+    runs it, not where pipeline.json recorded it last."""
+    from quala.builtin import package_builtin
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    stages = json.loads(json.dumps(STAGES))
+    stages["search"] = stages.pop("search")  # recorded last
+    (run / "pipeline.json").write_text(json.dumps({"completed": stages}))
+    card = (package_builtin(run, tmp_path / "pkg").directory / "MODEL_CARD.md").read_text()
+    rows = [line.split("|")[1].strip() for line in card.splitlines() if line.startswith("| ") and " | " in line]
+    assert [r for r in rows if r in STAGES] == list(STAGES)  # STAGES is written in pipeline order
 
 
 def test_card_of_a_gpu_trained_model(fake_run, tmp_path):

@@ -88,6 +88,37 @@ def test_long_context_uses_doc_stride_windows(engines):
     assert len(feats) > 2  # really several windows
 
 
+def test_processed_tokens_count_every_window(engines):
+    """The latency target's request size: the tokens of every window prepare_features makes, counted without
+    making them (the reference: the features' own lengths), for short, multi-window and long-question inputs."""
+    from quala.config import DataConfig
+    from quala.data import Example, prepare_features
+
+    _, engine = engines
+    filler = "The weather was mild and the streets were quiet that year. " * 60
+    cases = [*ITEMS, ("Who signed the treaty?", filler + CONTEXT), (" ".join(["why"] * 90) + "?", filler)]
+    for config in (DataConfig(), DataConfig(max_seq_length=128, doc_stride=32, max_query_length=20)):
+        engine.data_config = config
+        for question, context in cases:
+            feats = prepare_features([Example("0", question, context)], engine.predictor.tokenizer, config)
+            assert engine.processed_tokens(question, context) == int(feats.lengths.sum()), (question[:20], config)
+    engine.data_config = DataConfig()
+    assert engine.processed_tokens("Who signed the treaty?", filler + CONTEXT) > 2 * 384  # three windows
+
+
+def test_processed_tokens_leave_the_engines_tokenizer_alone(engines):
+    """The server counts a request's tokens on the event loop while the engine thread tokenizes other requests
+    with the same tokenizer, whose truncation each call sets: counting must neither read nor change that state
+    (sharing it made one request of a load test fail with 'Truncation error: Second sequence not provided')."""
+    _, engine = engines
+    backend = engine.predictor.tokenizer.backend_tokenizer
+    backend.enable_truncation(max_length=384, stride=128, strategy="only_second")  # as a window call leaves it
+    before = backend.truncation
+    assert engine.processed_tokens("Who wrote the letter?", CONTEXT * 20) > 384  # a single text, not truncated
+    assert backend.truncation == before
+    backend.no_truncation()
+
+
 @pytest.mark.parametrize(
     "budget, message",
     [

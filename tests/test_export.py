@@ -224,3 +224,29 @@ def test_export_refuses_non_empty_output(tiny_model_dir, tmp_path):
     with pytest.raises(QualaError, match="not an empty directory"):
         export_model(tiny_model_dir, tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_int8_graph_packs_qkv_without_changing_logits(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 18: the export computes each layer's Q, K and V as one (D, 3D) product. Under per-channel dynamic
+    int8 every output column keeps the scale it had as a separate product and the input is quantized once either
+    way, so the int8 logits are bit-identical to the unpacked export's (control arm: packing switched off)."""
+    import quala.model
+    from quala.engine import OnnxPredictor
+    from quala.quantize import quantize
+
+    quantize(tiny_model_dir, None, tmp_path / "packed")
+    monkeypatch.setattr(quala.model, "exporting", lambda: False)  # the forward's only use outside tracing checks
+    quantize(tiny_model_dir, None, tmp_path / "separate")
+    monkeypatch.undo()
+
+    def packed_weights(directory):
+        graph = onnx.load(str(directory / "model.onnx")).graph
+        return sum(list(w.dims) == [32, 96] and w.data_type == onnx.TensorProto.INT8 for w in graph.initializer)
+
+    assert packed_weights(tmp_path / "packed") == 4 and packed_weights(tmp_path / "separate") == 0
+    packed, separate = (OnnxPredictor.from_pretrained(tmp_path / d, threads=1) for d in ("packed", "separate"))
+    batch = {k: v for k, v in _batch("bert", [70, 41, 12], vocab=1000, seed=7).items() if k != "length_config"}
+    for counts in ([384] * 4, DROPPED):
+        a, b = packed.logits(batch, counts), separate.logits(batch, counts)
+        assert np.array_equal(a.start, b.start) and np.array_equal(a.end, b.end)
+        assert not np.array_equal(a.start, np.zeros_like(a.start))

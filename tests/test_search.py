@@ -23,6 +23,7 @@ from quala.errors import QualaError
 from quala.evolution import (
     F1Predictor,
     Measurement,
+    SearchResult,
     crossover,
     initial_genes,
     is_valid_gene,
@@ -372,11 +373,63 @@ def test_state_of_another_model_is_refused(tmp_path):
         ({"max_examples": 0}, "max_examples"),
         ({"predictor": "gp"}, "unknown predictor"),
         ({"predictor_pool": 0}, "predictor_pool"),
+        ({"max_examples": 200, "rescore_examples": 200}, "must exceed max_examples"),
+        ({"rescore_examples": 500}, "must exceed max_examples"),
+        ({"max_examples": 200, "rescore_examples": 0}, "rescore_examples must be >= 1"),
+        ({"rescore_bins": 0}, "rescore_bins"),
     ],
 )
 def test_bad_settings_are_rejected(overrides, message):
     with pytest.raises(QualaError, match=message):
         SearchConfig(**overrides)
+
+
+# ------------------------------------------------------------------------------------------ re-scoring
+def hand_result() -> SearchResult:
+    """Two layers of 100 tokens, MACs = the first count (hand-made); search-sample F1: the 72 point is lucky
+    (80 on the sample) and hides 85 and 90; full length scored 68."""
+    f1 = {20: 50, 30: 52, 35: 55, 45: 60, 50: 58, 70: 66, 72: 80, 85: 69, 90: 69.5, 100: 68}
+    cands = [FrontPoint([m, m], float(v), m, float(m) / 10, float(v) - 10) for m, v in f1.items()]
+    full, smallest = cands[-1], cands[0]
+    front = pareto_front(cands, anchor=full.gene)
+    return SearchResult(cands, front, len(cands), 1.0, True, None, None, {}, full, smallest)
+
+
+def test_rescore_genes_by_hand():
+    from quala.search import rescore_genes
+
+    result = hand_result()
+    assert [c.macs for c in result.front] == [20, 30, 35, 45, 70, 72, 100]
+    # bins of 20 MACs over [20, 100]: best of [20, 40) is 35, of [40, 60) 45, of [60, 80) 72, of [80, 100] 90
+    assert [g[0] for g in rescore_genes(result, "macs", 4)] == [20, 30, 35, 45, 70, 72, 90, 100]
+    # one bin: its best is the lucky point, already on the front
+    assert [g[0] for g in rescore_genes(result, "macs", 1)] == [20, 30, 35, 45, 70, 72, 100]
+    # the latency axis (latency = MACs / 10 here) bins the same way
+    assert rescore_genes(result, "latency", 4) == rescore_genes(result, "macs", 4)
+
+
+def test_rescore_takes_f1_from_the_larger_sample_and_resumes(tmp_path):
+    from quala.search import rescore
+    from quala.search_state import SearchState
+
+    result = hand_result()
+    truth = {20: 48, 30: 51, 35: 54, 45: 59, 70: 64, 72: 63.5, 90: 67, 100: 69}  # the larger sample's F1
+    calls = []
+
+    def objective(gene):
+        calls.append(gene[0])
+        return Measurement(truth[gene[0]], truth[gene[0]] - 12, latency_ms=999.0)
+
+    config = SearchConfig(max_examples=200, rescore_examples=1000, rescore_bins=4)
+    points = rescore(objective, result, config, SearchState(tmp_path / "r.json", {"x": 1}), progress=False)
+    assert calls == [20, 30, 35, 45, 70, 72, 90, 100]
+    assert [(p.macs, p.f1, p.exact_match) for p in points] == [(m, truth[m], truth[m] - 12) for m in calls]
+    assert [p.latency_ms for p in points] == [m / 10 for m in calls]  # the search's latency, not re-measured
+    # the front of the re-scored points drops the lucky 72 point; 90 (hidden on the sample) comes back
+    assert [p.macs for p in pareto_front(points, anchor=result.full.gene)] == [20, 30, 35, 45, 70, 90, 100]
+    calls.clear()
+    again = rescore(objective, result, config, SearchState(tmp_path / "r.json", {"x": 1}), progress=False)
+    assert calls == [] and again == points
 
 
 # ------------------------------------------------------------------------------------------ real (tiny) model
@@ -472,6 +525,28 @@ def test_search_writes_schema_plot_and_attaches(tmp_path, tiny_model_dir):
     # resuming a finished search evaluates nothing new and writes the same front
     again, _ = search(str(model), data, out, config, progress=False)
     assert [c.gene for c in again.front] == [c.gene for c in result.front]
+
+
+def test_search_rescores_the_front_on_more_questions(tmp_path, tiny_model_dir):
+    """The re-scored front's F1 are those of quala.evaluate on the larger sample, not the search's."""
+    from quala.engine import load_predictor
+    from quala.evaluate import evaluate
+    from quala.search import search
+
+    config = SearchConfig(population=3, iterations=1, mutations=2, crossovers=2, max_examples=6, seed=0)
+    config.rescore_examples, config.rescore_bins, config.measure_latency, config.threads = 16, 2, False, 1
+    data = load_squad(DEMO_DEV, "0:2")
+    result, document = search(str(tiny_model_dir), data, tmp_path / "out", config, progress=False)
+    assert document["data"]["num_questions"] == 6 and document["rescore"]["data"]["num_questions"] == 16
+    rescored = [FrontPoint.from_dict(d) for d in document["rescore"]["candidates"]]
+    assert len(rescored) >= 3 and document["front"] == [c.to_dict() for c in result.front]
+    assert [c.gene for c in result.front] == [c.gene for c in pareto_front(rescored, anchor=result.full.gene)]
+    predictor = load_predictor(tiny_model_dir, threads=1)
+    for point in rescored[:: len(rescored) - 1]:  # the cheapest and full length, by quala.evaluate
+        reference, _ = evaluate(predictor, data.spread(16), point.length_config)
+        assert point.f1 == pytest.approx(reference.f1) and point.exact_match == pytest.approx(reference.exact_match)
+    searched = {c.gene: c for c in result.candidates}
+    assert all(p.macs == searched[p.gene].macs for p in rescored)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -41,7 +41,7 @@ FULL = FrontPoint(None, 75.5, 400, 50.0)
 FRONT = [CHEAP, MID, BEST]
 FIRST = Line(0.004, 0.0002)  # one question: CHEAP 24 ms, MID 44, BEST 64, FULL 84
 EXTRA = Line(0.0, 0.0001)  # each further question in the call: CHEAP 10 ms, MID 20, BEST 30, FULL 40
-TARGET_S = 0.150  # plans for HEADROOM * 150 ms = 120 ms
+TARGET_S = 0.160  # plans for HEADROOM * 160 ms = 120 ms
 
 
 def fake_macs(key) -> int:
@@ -157,16 +157,18 @@ def test_arrivals_count_long_and_short_requests_in_cost_units():
 
 
 def test_request_size_scales_the_prediction_and_the_choice():
-    """With ref_chars, a request counts as (question + context characters) / ref_chars units: a long document
-    (several windows) is predicted as a call of that many units, a short one as a fraction of one."""
-    cost = CostModel(FIRST, EXTRA, fake_macs, ref_chars=100)
+    """With ref_size, a request counts as its size (default: question + context characters) / ref_size units: a
+    long document (several windows) is predicted as a call of that many units, a short one as a fraction of one."""
+    cost = CostModel(FIRST, EXTRA, fake_macs, ref_size=100)
     short, typical, long = [("q" * 10, "c" * 15)], [("q" * 20, "c" * 80)], [("q" * 20, "c" * 280)]
     assert [cost.units(x) for x in (short, typical, long)] == [0.25, 1.0, 3.0]
     assert cost.units(typical + long) == 4.0
     assert cost.predict(MID.length_config, 0.25) == pytest.approx(0.25 * 0.044)
     assert cost.predict(MID.length_config, 0.1) == pytest.approx(0.25 * 0.044)  # never below a quarter
     assert cost.predict(MID.length_config, 3.0) == pytest.approx(0.044 + 2 * 0.020)
-    assert CostModel(FIRST, EXTRA, fake_macs).units(long) == 1.0  # without ref_chars: one unit per question
+    assert CostModel(FIRST, EXTRA, fake_macs).units(long) == 1.0  # without ref_size: one unit per question
+    words = CostModel(FIRST, EXTRA, fake_macs, ref_size=4, size_of=lambda q, c: len((q + " " + c).split()))
+    assert words.units([("who is", "a b c d e f")]) == 2.0  # 8 words / 4
     t = LatencyTarget(TARGET_S, FRONT, cost, Backlog(FakeClock()))
     # idle, plan 120 ms: the typical question gets BEST (64 ms); the long one would take BEST 64 + 2 * 30 =
     # 124 ms, MID 44 + 2 * 20 = 84 ms: MID
@@ -206,8 +208,15 @@ def test_calibration_times_each_point_and_fits_lines():
         def macs(self, key):
             return fake_macs(key)
 
-    items = [(f"q{i}", "c") for i in range(8)]
+        def processed_tokens(self, question, context):
+            return 10 * len(question) + len(context)
+
+    items = [(f"q{i}", "c") for i in range(7)] + [("q10", "c")]
     got = calibrate(Engine(), FOUR, items, batch=8, reps=3, clock=clock)
+    # request sizes in the engine's tokens: 7 x 21 and 1 x 31 over the 8 calibration questions
+    assert got.ref_size == pytest.approx((7 * 21 + 31) / 8) and got.units([("q", "c" * 23)]) == pytest.approx(
+        33 / 22.25
+    )
     assert astuple(got.first) == pytest.approx(astuple(FIRST)) and got.extra.slope == pytest.approx(EXTRA.slope)
     assert got.extra.intercept == pytest.approx(0.0, abs=1e-12)
     assert calls[0] == (None, 1)  # warm-up

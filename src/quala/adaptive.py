@@ -45,7 +45,7 @@ import numpy as np
 from quala.budget import accuracy_ranking
 from quala.front import FrontPoint
 
-HEADROOM = 0.8  # plan for 80% of the target; the rest absorbs inputs longer than average and HTTP time
+HEADROOM = 0.75  # plan for 75% of the target; the rest absorbs inputs longer than predicted and HTTP time
 CALIBRATION_BATCH = 8  # second batch size timed at start-up; larger batches are extrapolated linearly
 CALIBRATION_REPS = 3  # batch-1 timings per configuration (median), interleaved over the front
 CALIBRATION_BUDGET_S = 30.0  # start-up time allowed for calibration (an overloaded machine gets fewer timings)
@@ -103,26 +103,28 @@ class CostModel:
         extra: Line,
         macs_of: Callable[[Key], int],
         alpha: float = EWMA_ALPHA,
-        ref_chars: float | None = None,
+        ref_size: float | None = None,
+        size_of: Callable[[str, str], float] = lambda q, c: len(q) + len(c),
     ):
         self.first = first
         self.extra = extra
         self.macs_of = macs_of
         self.alpha = alpha
-        # mean characters (question + context) of the calibration questions: a request's size in those units
-        # scales its predicted time, so a long document (several windows) is not predicted like a short one.
-        # None: every question counts as one unit.
-        self.ref_chars = ref_chars
+        # a request's size (size_of: the tokens its windows hold, QAEngine.processed_tokens, when calibrated on an
+        # engine; else characters) over the calibration questions' mean size: it scales the predicted time, so a
+        # long document (several windows) is not predicted like a short one. None: every question is one unit.
+        self.ref_size = ref_size
+        self.size_of = size_of
         self.scale = 1.0  # EWMA of observed / calibrated time
         self.points: dict[Key, float] = {}  # a front point's own first-question seconds (isotonic in MACs)
         self.measured: list[dict[str, Any]] = []  # the calibration timings behind the lines (GET /v1/model)
         self._macs: dict[Key, int] = {}
 
     def units(self, items: Sequence[tuple[str, str]]) -> float:
-        """Size of a call's questions in calibration-question units (their number without ``ref_chars``)."""
-        if not self.ref_chars:
+        """Size of a call's questions in calibration-question units (their number without ``ref_size``)."""
+        if not self.ref_size:
             return float(len(items))
-        return sum((len(q) + len(c)) / self.ref_chars for q, c in items)
+        return sum(self.size_of(q, c) / self.ref_size for q, c in items)
 
     def calibrated(self, length_config: Sequence[int] | None, n: float) -> float:
         """Seconds of one call of ``n`` question units at ``length_config`` as calibrated (without the online
@@ -246,8 +248,9 @@ def calibrate(
         )
     else:
         extra = first
-    ref_chars = statistics.mean(len(q) + len(c) for q, c in items[: max(batch, reps)])
-    cost = CostModel(first, extra, lambda key: engine.macs(key), ref_chars=ref_chars)
+    size_of = getattr(engine, "processed_tokens", None) or (lambda q, c: len(q) + len(c))
+    ref_size = statistics.mean(size_of(q, c) for q, c in items[: max(batch, reps)])
+    cost = CostModel(first, extra, lambda key: engine.macs(key), ref_size=ref_size, size_of=size_of)
     order = sorted(range(len(front)), key=lambda i: macs[i])
     own = dict(zip(order, isotonic([ones[i] for i in order]), strict=True))
     cost.points = {config_key(p.length_config): own[i] for i, p in enumerate(front)}

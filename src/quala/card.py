@@ -36,7 +36,7 @@ def collect_results(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any
     from quala.config import RESOLVED_CONFIG, load_yaml
     from quala.evaluate import EVALUATION_FILE
     from quala.model_dir import SEARCH_FILE
-    from quala.pipeline import STATE_FILE
+    from quala.pipeline import STAGES, STATE_FILE
     from quala.report import build_rows, headline
 
     run_dir, model_dir = Path(run_dir), Path(model_dir)
@@ -66,7 +66,9 @@ def collect_results(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any
         "training": {
             "data": _data(config.get("train_files", []), config.get("train_articles") or []),
             "validation": _described(evaluation["data"]),
-            "stages": {name: _without(info, "report") for name, info in state["completed"].items()},
+            "stages": {  # in pipeline order, whatever order the stages completed in
+                name: _without(state["completed"][name], "report") for name in STAGES if name in state["completed"]
+            },
             "epochs": {s: _last_epoch(run_dir / s) for s in ("finetune", "lengthdrop")},
             "recipe": {k: config.get(k) for k in ("finetune", "lengthdrop", "search", "quantize", "front_points")},
             "selected": manifest.get("selected"),
@@ -77,6 +79,9 @@ def collect_results(run_dir: str | Path, model_dir: str | Path) -> dict[str, Any
             "summary": _without(search.get("summary", {}), "machine"),
             "data": _described(search["data"]) if search.get("data") else None,
             "front": search["front"],
+            "rescore": {"bins": search["rescore"].get("bins"), "data": _described(search["rescore"]["data"])}
+            if search.get("rescore")
+            else None,
         },
         "metrics": {
             "rows": rows,
@@ -389,7 +394,14 @@ def _training_section(results: dict[str, Any], facts: dict[str, Any]) -> list[st
         + (f", guided by a {s.get('predictor')} F1 predictor" if s.get("predictor") not in (None, "none") else "")
         + f", {search['summary'].get('num_evaluations', '?')} candidates each scored on "
         f"{_count((search.get('data') or {}).get('num_questions'))} validation questions, objective "
-        f"{s.get('objective')}.",
+        f"{s.get('objective')}"
+        + (
+            f"; the front and the best candidate of each of {search['rescore'].get('bins')} cost bins re-scored on "
+            f"{_count((search['rescore'].get('data') or {}).get('num_questions'))} questions, the front taken from "
+            "those scores."
+            if search.get("rescore")
+            else "."
+        ),
         f"4. Quantization (QuaLA §3.3): {q.get('mode', 'dynamic')} int8, per-channel weights, "
         + (
             "FFN output projections kept in fp32."

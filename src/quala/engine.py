@@ -8,6 +8,8 @@ go through :func:`load_predictor`, so an fp32 PyTorch directory and an int8 ONNX
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -288,6 +290,31 @@ class QAEngine:
 
     def macs(self, length_config: Sequence[int] | None) -> int:
         return count_macs(self.predictor.model_config, self.predictor.la_config.reference_length, length_config).total
+
+    def processed_tokens(self, question: str, context: str) -> int:
+        """Tokens the model runs to answer one question: every window's question, context and special tokens, as
+        :func:`quala.data.prepare_features` splits a long context (the latency target's request size). Counted
+        from the question and the context tokenized apart, so the window edges may differ by a token."""
+        cfg = self.data_config
+        question_ids, context_ids = self._token_counter.encode_batch(
+            [question.lstrip(), context], add_special_tokens=False
+        )
+        q, c = min(len(question_ids.ids), cfg.max_query_length), len(context_ids.ids)
+        fixed = q + self.predictor.tokenizer.num_special_tokens_to_add(pair=True)
+        room = max(1, cfg.max_seq_length - fixed)  # context tokens per window
+        windows = 1 + math.ceil(max(0, c - room) / max(1, room - cfg.doc_stride))
+        return windows * fixed + c + (windows - 1) * cfg.doc_stride
+
+    @functools.cached_property
+    def _token_counter(self) -> Any:
+        """A private copy of the tokenizer, without truncation or padding: the engine's own is stateful (each call
+        that makes windows sets its truncation) and the server counts a request while the engine thread runs."""
+        from tokenizers import Tokenizer
+
+        counter = Tokenizer.from_str(self.predictor.tokenizer.backend_tokenizer.to_str())
+        counter.no_truncation()
+        counter.no_padding()
+        return counter
 
     def presets(self) -> dict[str, FrontPoint]:
         """What each named preset resolves to on this model's front."""

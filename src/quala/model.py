@@ -279,7 +279,14 @@ class LengthAdaptiveQA(nn.Module):
         """Self-attention + output projection/residual/LayerNorm of one layer, with probabilities if needed."""
         attn = layer.attention.self
         H, dh = attn.num_attention_heads, attn.attention_head_size
-        q, k, v = (reshape(proj(h), (0, -1, H, dh)).transpose(1, 2) for proj in (attn.query, attn.key, attn.value))
+        proj = (attn.query, attn.key, attn.value)
+        if exporting() and all(m.bias is not None for m in proj):
+            # one (D, 3D) product instead of three; per-channel int8 weights keep every output column's scale, so
+            # the int8 logits are those of the separate products (docs/inference.md, "Packed Q/K/V")
+            packed = F.linear(h, torch.cat([m.weight for m in proj]), torch.cat([m.bias for m in proj]))
+            q, k, v = (reshape(x, (0, -1, H, dh)).transpose(1, 2) for x in packed.split(H * dh, dim=-1))
+        else:
+            q, k, v = (reshape(m(h), (0, -1, H, dh)).transpose(1, 2) for m in proj)
         bias = torch.where(reshape(mask, (0, 1, 1, -1)), 0.0, torch.finfo(h.dtype).min).to(h.dtype)  # (B, 1, 1, n)
         p_drop = attn.dropout.p if self.training else 0.0
         probs = None

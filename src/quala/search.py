@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,21 @@ from quala.config import EvalConfig, setting
 from quala.data import SquadData
 from quala.errors import QualaError
 from quala.evolution import Measurement, SearchResult, run_search
-from quala.front import FrontPoint, write_search
+from quala.front import FrontPoint, best_per_budget, pareto_front, write_search
 from quala.latency import LatencyConfig
+from quala.lengths import Gene
 from quala.model_dir import ModelDir
-from quala.search_state import STATE_FILE
+from quala.search_state import STATE_FILE, SearchState
 
 PLOT_FILE = "pareto.png"
 STRATEGIES = ("evolution", "random")
 PREDICTORS = ("none", "linear")
 OBJECTIVES = ("macs", "latency")
 SPLIT_NOTE = "F1 and EM are measured on the search split named in 'data'; they are not test accuracy."
+RESCORE_NOTE = (
+    "The front's F1 and EM are these candidates' scores on the questions named here (latency and MACs are the "
+    "search's); the candidates' list keeps their scores on the search's sample."
+)
 
 
 @dataclass
@@ -66,6 +71,13 @@ class SearchConfig:
     )
     max_evaluations: int | None = setting(None, "Stop after this many candidates; run again to resume.")
     max_examples: int | None = setting(None, "Score each candidate on N questions spread evenly over the split.")
+    rescore_examples: int | None = setting(
+        None,
+        "After the search, score the front and the best candidate of each of --rescore-bins cost bins again on N "
+        "questions (more than --max-examples) and build the front from those scores: a small sample's front keeps "
+        "the candidates it overrates (docs/search.md, 'Re-scoring'). Default: off.",
+    )
+    rescore_bins: int = setting(8, "Re-scoring: equal cost bins between the smallest sub-model and full length.")
     seed: int = setting(42, "Random seed (same seed, same search).")
     budgets: list[float] = setting(
         help="Cost budgets as fractions of the full model's cost, e.g. 0.5,0.7,0.9: the progress bar and the "
@@ -99,10 +111,19 @@ class SearchConfig:
             raise QualaError(f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
         if not 0.0 < self.ratio_bound < 1.0:
             raise QualaError(f"ratio_bound must be in (0, 1), got {self.ratio_bound}")
-        for name in ("evaluations", "max_evaluations", "max_examples"):
+        for name in ("evaluations", "max_evaluations", "max_examples", "rescore_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise QualaError(f"{name} must be >= 1, got {value}")
+        if self.rescore_examples is not None and (
+            self.max_examples is None or self.rescore_examples <= self.max_examples
+        ):
+            raise QualaError(
+                f"rescore_examples ({self.rescore_examples}) must exceed max_examples ({self.max_examples}): "
+                "re-scoring measures the front on more questions than the search did"
+            )
+        if self.rescore_bins < 1:
+            raise QualaError(f"rescore_bins must be >= 1, got {self.rescore_bins}")
         if any(not 0.0 < b <= 1.0 for b in self.budgets):
             raise QualaError(f"budgets are fractions of the full model's cost in (0, 1], got {self.budgets}")
         if self.objective == "latency":
@@ -138,6 +159,60 @@ class SplitObjective:
         if self.config.measure_latency:
             latency = measure_latency(self.predictor, length_config, self.config.latency).median_ms
         return Measurement(result.f1, result.exact_match, latency, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------- re-scoring
+RESCORE_STATE_FILE = "rescore_state.json"
+
+
+def rescore_genes(result: SearchResult, objective: str, bins: int) -> list[Gene]:
+    """What re-scoring measures: the search's front, full length, the smallest sub-model, and the best candidate
+    (on the search's sample) of each of ``bins`` equal cost bins between the smallest and full length, by cost.
+
+    The bins bring back configurations that a lucky neighbour pushed off the small sample's front.
+    """
+    full, smallest = result.full, result.smallest
+    low, high = smallest.cost(objective), full.cost(objective)
+    best: dict[int, FrontPoint] = {}
+    for c in result.candidates:
+        k = min(int((c.cost(objective) - low) / (high - low) * bins), bins - 1) if high > low else 0
+        if k not in best or c.f1 > best[k].f1:
+            best[k] = c
+    chosen = {c.gene: c for c in [*result.front, full, smallest, *best.values()]}
+    return [g for g, _ in sorted(chosen.items(), key=lambda item: (item[1].cost(objective), item[0]))]
+
+
+def rescore(
+    objective: Callable[[list[int]], Measurement],
+    result: SearchResult,
+    config: SearchConfig,
+    state: SearchState,
+    progress: bool = True,
+) -> list[FrontPoint]:
+    """Score :func:`rescore_genes` with ``objective`` (a larger sample), keeping each candidate's MACs and the
+    search's latency; resumable through ``state``, saved after each candidate."""
+    from tqdm.auto import tqdm
+
+    searched = {c.gene: c for c in result.candidates}
+    out = []
+    started, previous = time.perf_counter(), state.wall_seconds
+    for gene in tqdm(
+        rescore_genes(result, config.objective, config.rescore_bins),
+        desc="re-score",
+        unit="cand",
+        disable=not progress,
+        dynamic_ncols=True,
+    ):
+        point = state.cache.get(gene)
+        if point is None:
+            m = objective(list(gene))
+            point = FrontPoint(
+                list(gene), float(m.f1), searched[gene].macs, searched[gene].latency_ms, float(m.exact_match)
+            )
+            state.cache[gene] = point
+            state.save(previous + time.perf_counter() - started)
+        out.append(point)
+    return out
 
 
 def check_attachable(name: str, path: str) -> None:
@@ -200,6 +275,7 @@ def search(
         raise QualaError(f"--output {output} exists and is not a directory")
     if attach:
         check_attachable(model.name, model.path)
+    rescore_data = data.spread(config.rescore_examples) if config.rescore_examples is not None else None
     data = data.spread(config.max_examples)
     predictor = load_predictor(model, backend=backend, threads=config.threads)
     length = int(predictor.la_config.reference_length)
@@ -226,10 +302,20 @@ def search(
         on_evaluate=on_evaluate,
         progress=progress,
     )
-    document = search_document(result, config, model.name, predictor, data)
+    rescored = None
+    if rescore_data is not None and result.completed:
+        scorer = SplitObjective(predictor, rescore_data, replace(config, measure_latency=False))
+        state = SearchState(
+            output / RESCORE_STATE_FILE, {**fingerprint, "data": {**fingerprint["data"], **rescore_data.describe()}}
+        )
+        rescored = rescore(scorer, result, config, state, progress)
+        result = replace(result, front=pareto_front(rescored, config.objective, anchor=result.full.gene))
+    document = search_document(result, config, model.name, predictor, data, rescored, rescore_data)
     write_search(output, document)
     title = f"{config.strategy} search of {model.name} on {data.source} articles {data.articles or 'all'}"
-    plot_pareto(result.candidates, result.front, output / PLOT_FILE, config.objective, title)
+    plot_pareto(
+        result.candidates, result.front, output / PLOT_FILE, config.objective, title, rescored=rescored is not None
+    )
     save_resolved(output, config)
     write_manifest(output, "search", model=model.name, data=data.describe(), completed=result.completed)
     if attach and result.completed:
@@ -238,9 +324,16 @@ def search(
 
 
 def search_document(
-    result: SearchResult, config: SearchConfig, model: str, predictor: Any, data: SquadData
+    result: SearchResult,
+    config: SearchConfig,
+    model: str,
+    predictor: Any,
+    data: SquadData,
+    rescored: list[FrontPoint] | None = None,
+    rescore_data: SquadData | None = None,
 ) -> dict[str, Any]:
-    """The ``search.json`` document: settings, data, every candidate, the front and a summary."""
+    """The ``search.json`` document: settings, data, every candidate, the front and a summary; with re-scoring,
+    the re-scored candidates and their data too, and the front is theirs."""
     from quala.io import machine_info
 
     settings = {
@@ -251,7 +344,7 @@ def search_document(
         "reference_length": int(predictor.la_config.reference_length),
         "length_rule": predictor.la_config.length_rule,
     }
-    return {
+    document = {
         "settings": settings,
         "data": data.describe(),
         "candidates": [c.to_dict() for c in result.candidates],
@@ -269,3 +362,12 @@ def search_document(
             "machine": machine_info(),
         },
     }
+    if rescored is not None and rescore_data is not None:
+        document["rescore"] = {
+            "data": rescore_data.describe(),
+            "bins": config.rescore_bins,
+            "candidates": [c.to_dict() for c in rescored],
+            "best_f1_per_budget": best_per_budget(rescored, config.objective, result.full, config.budgets),
+            "note": RESCORE_NOTE,
+        }
+    return document

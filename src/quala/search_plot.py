@@ -13,9 +13,11 @@ def plot_pareto(
     path: str | Path,
     objective: str = "macs",
     title: str = "",
+    rescored: bool = False,
 ) -> None:
     """F1 against GMACs and against latency: every candidate, the search's front highlighted (with its
-    staircase on the objective's axis), the full-length configuration starred."""
+    staircase on the objective's axis), the full-length configuration starred. ``rescored``: the front's F1 come
+    from a larger sample than the candidates' (its staircase and star are then the front's own)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,7 +44,7 @@ def plot_pareto(
             color="0.65",
             label=f"candidates ({len(candidates)})",
         )
-        stairs = pareto_front(candidates, axis)  # the attainment staircase on this axis
+        stairs = pareto_front(front if rescored else candidates, axis)  # the attainment staircase on this axis
         xs = [c.cost(axis) * scale for c in stairs] + [max(c.cost(axis) for c in candidates) * scale]
         ax.step(xs, [c.f1 for c in stairs] + [stairs[-1].f1], where="post", color="tab:red", lw=1, alpha=0.6)
         ax.scatter(
@@ -50,10 +52,10 @@ def plot_pareto(
             [c.f1 for c in front],
             s=30,
             color="tab:red",
-            label=f"front ({objective})",
+            label=f"front ({objective}){', re-scored' if rescored else ''}",
             zorder=3,
         )
-        full = [c for c in candidates if min(c.length_config) == full_length]
+        full = [c for c in (front if rescored else candidates) if min(c.length_config) == full_length]
         ax.scatter(
             [c.cost(axis) * scale for c in full],
             [c.f1 for c in full],
