@@ -608,6 +608,12 @@ def test_cli_search_runs_the_cpu_preset_shape(tmp_path, tiny_model_dir):
     assert settings["population"] == 10 and settings["iterations"] == 1  # preset, then CLI overrides
     assert settings["predictor"] == "linear"
     assert settings["latency"]["repeats"] == 1 and settings["latency"]["warmup"] == 1
+    assert "rescore" not in summary
+    # the same search re-scored on 20 questions (candidates cached): the summary names the front's questions
+    proc = quala(*args, "--rescore-examples", "20", "--rescore-bins", "2")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["rescore"]["data"]["num_questions"] == 20 and summary["data"]["num_questions"] == 10
 
 
 def test_attach_refuses_installed_packages_before_any_work(tmp_path, tiny_model_dir, monkeypatch):

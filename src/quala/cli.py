@@ -224,6 +224,8 @@ def search(
         "front": document["front"],
         "attached": str(Path(md.path) / SEARCH_FILE) if attach and result.completed else None,
     }
+    if "rescore" in document:  # the front's F1 come from these questions
+        out["rescore"] = {k: document["rescore"][k] for k in ("data", "best_f1_per_budget")}
     if not result.completed:
         out["note"] = "stopped at --max-evaluations; run the same command again to continue"
     _emit(out)

@@ -118,9 +118,10 @@ class SearchConfig:
         if self.rescore_examples is not None and (
             self.max_examples is None or self.rescore_examples <= self.max_examples
         ):
+            searched = "every question" if self.max_examples is None else f"{self.max_examples} questions"
             raise QualaError(
-                f"rescore_examples ({self.rescore_examples}) must exceed max_examples ({self.max_examples}): "
-                "re-scoring measures the front on more questions than the search did"
+                f"rescore_examples ({self.rescore_examples}) must exceed max_examples: the search scores {searched}, "
+                "and re-scoring measures the front on more questions than the search did (set --max-examples lower)"
             )
         if self.rescore_bins < 1:
             raise QualaError(f"rescore_bins must be >= 1, got {self.rescore_bins}")
