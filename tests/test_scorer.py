@@ -202,6 +202,14 @@ def test_question_scorer_conversion_selection_and_round_trip(tmp_path):
     assert loaded.la_config.scorer_question and torch.equal(loaded.scorer.question, model.scorer.question)
     with pytest.raises(QualaError, match="needs token_type_ids"):
         loaded(ids, mask, None, length_config=[20, 10])
+    # a stored question matrix of another size is refused with the tensor's name, not a torch copy error
+    from safetensors.torch import save_file
+
+    stored = load_file(str(tmp_path / "q" / "model.safetensors"))
+    stored[TokenScorer.PREFIX + "question"] = torch.zeros(2, 8, 8)
+    save_file(stored, str(tmp_path / "q" / "model.safetensors"))
+    with pytest.raises(QualaError, match=r"quala_scorer.question has shape \(2, 8, 8\), expected \(2, 32, 32\)"):
+        LengthAdaptiveQA.from_pretrained(tmp_path / "q")
     with pytest.raises(QualaError, match="needs significance 'learned'"):
         LengthAdaptiveConfig(scorer_question=True)
 

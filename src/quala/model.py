@@ -412,11 +412,12 @@ def _load_scorer(scorer: TokenScorer, path: Path, required: bool) -> None:
         if required:
             raise QualaError(f"{path} says significance 'learned' but model.safetensors has no quala_scorer weights")
         return
-    if tensors["weight"].shape != scorer.weight.shape:
-        raise QualaError(
-            f"{file}: quala_scorer.weight has shape {tuple(tensors['weight'].shape)}, expected "
-            f"{tuple(scorer.weight.shape)}"
-        )
+    for name, param in scorer.named_parameters():
+        if tensors[name].shape != param.shape:
+            raise QualaError(
+                f"{file}: {names[name]} has shape {tuple(tensors[name].shape)}, expected {tuple(param.shape)} "
+                "(a scorer saved for another model size or scorer setting)"
+            )
     with torch.no_grad():
         for name, param in scorer.named_parameters():
             param.copy_(tensors[name].float())
