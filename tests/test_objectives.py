@@ -86,7 +86,7 @@ def test_explicit_smallest_sub_model_sets_each_layers_floor():
 
 
 def test_bad_explicit_smallest_fails():
-    with pytest.raises(QualaError, match="6 token counts"):
+    with pytest.raises(QualaError, match="6 non-increasing token counts"):
         LengthDropSampler(6, 384, smallest=[384, 192, 96])
     with pytest.raises(QualaError, match="at most 384"):
         LengthDropSampler(6, 384, smallest=[500, 384, 192, 96, 48, 24])
@@ -228,3 +228,26 @@ def test_intermediate_kd_zero_for_identical_models_and_projection_learns():
     assert loss.hidden.item() > 0 and loss.attention.item() > 0
     loss.loss.backward()
     assert kd.proj.weight.grad is not None and kd.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", [[], [100, 120, 40], [100, 90, 0], [500, 90, 40], [100, 90]])
+def test_one_rule_for_an_explicit_smallest(bad):
+    """length_drop.smallest (the training config, which does not know the layer count), the LengthDrop sampler and
+    the search's smallest all go through quala.lengths.check_smallest."""
+    from quala.evolution import floor_gene
+    from quala.lengths import check_smallest
+    from quala.objectives import LengthDropSampler
+    from quala.search import SearchConfig
+    from quala.train_config import LengthDropConfig
+
+    assert check_smallest([100, 90, 40], "x", 3, 384) == (100, 90, 40)
+    assert LengthDropSampler(3, 384, smallest=[100, 90, 40]).floor == [100, 90, 40]
+    with pytest.raises(QualaError, match="x must be 3 non-increasing token counts"):
+        check_smallest(bad, "x", 3, 384)
+    with pytest.raises(QualaError, match="length_drop.smallest must be 3 non-increasing"):
+        LengthDropSampler(3, 384, smallest=bad)
+    with pytest.raises(QualaError, match="search smallest must be 3 non-increasing"):
+        floor_gene(3, 384, SearchConfig(smallest=bad))
+    if bad in ([], [100, 120, 40], [100, 90, 0]):  # wrong without knowing the model: refused in the config
+        with pytest.raises(QualaError, match="length_drop.smallest must be non-increasing"):
+            LengthDropConfig(smallest=bad)

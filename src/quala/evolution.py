@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from quala.errors import QualaError
 from quala.front import FrontPoint, best_per_budget, cost_fractions, front_area, pareto_front
-from quala.lengths import Gene, constant_ratio_gene, full_config, smallest_config
+from quala.lengths import Gene, check_smallest, constant_ratio_gene, full_config, smallest_config
 from quala.macs import count_macs
 from quala.search_state import SearchState
 
@@ -100,13 +100,7 @@ def floor_gene(num_layers: int, length: int, config: SearchConfig) -> Gene:
     sub-model), else LengthDrop's smallest sub-model at the ratio bound (LAT §4.1)."""
     if config.smallest is None:
         return smallest_config(num_layers, length, config.ratio_bound, config.min_length)
-    gene = tuple(config.smallest)
-    if not is_valid_gene(gene, num_layers, length, config.min_length):
-        raise QualaError(
-            f"search smallest {list(gene)} must have {num_layers} non-increasing token counts in "
-            f"[{config.min_length}, {length}]"
-        )
-    return gene
+    return check_smallest(config.smallest, "search smallest", num_layers, length, config.min_length)
 
 
 def initial_genes(model_config: Any, length: int, config: SearchConfig) -> list[Gene]:

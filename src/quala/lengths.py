@@ -115,6 +115,33 @@ def smallest_config(num_layers: int, length: int, bound: float, min_length: int 
     return constant_ratio_gene(num_layers, length, bound, min_length)
 
 
+def check_smallest(
+    values: Sequence[int],
+    what: str,
+    num_layers: int | None = None,
+    reference_length: int | None = None,
+    min_length: int = 1,
+) -> Gene:
+    """An explicit cheapest configuration (``length_drop.smallest``, the search's ``smallest``): one token count
+    per layer (when the layer count is known), each in ``[min_length, reference_length]``, non-increasing. The one
+    rule for the training config, the LengthDrop sampler and the search, each knowing what it knows."""
+    gene = tuple(values)
+    layers = f"{num_layers} " if num_layers is not None else ""
+    top = f", at most {reference_length}" if reference_length is not None else ""
+    if (
+        not gene
+        or (num_layers is not None and len(gene) != num_layers)
+        or any(not isinstance(n, int) or n < min_length for n in gene)
+        or (reference_length is not None and max(gene) > reference_length)
+        or any(a < b for a, b in zip(gene, gene[1:], strict=False))
+    ):
+        raise QualaError(
+            f"{what} must be {layers}non-increasing token counts, one per layer, each at least {min_length}{top}; "
+            f"got {list(gene)}"
+        )
+    return gene
+
+
 def depth_config(depth: int, num_layers: int, reference_length: int) -> list[int]:
     """The first ``depth`` layers at full length and the rest skipped (0 tokens): the model cut to ``depth`` layers,
     as LayerDrop-trained models tolerate (Fan et al. 2020, §4), served like any length configuration."""

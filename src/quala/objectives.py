@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quala.errors import QualaError
-from quala.lengths import constant_ratio_gene, smallest_config
+from quala.lengths import check_smallest, constant_ratio_gene, smallest_config
 
 
 def _masked(logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -282,11 +282,8 @@ class LengthDropSampler:
             raise QualaError(f"length_drop ratio bound must be in (0, 1), got {bound}")
         if not 0 <= layer_drop_prob < 1:
             raise QualaError(f"layer_drop_prob must be in [0, 1), got {layer_drop_prob}")
-        if smallest is not None and (len(smallest) != num_layers or max(smallest) > reference_length):
-            raise QualaError(
-                f"length_drop.smallest needs {num_layers} token counts of at most {reference_length} (one per "
-                f"layer at the reference length), got {list(smallest)}"
-            )
+        if smallest is not None:
+            check_smallest(smallest, "length_drop.smallest", num_layers, reference_length)
         self.floor = None if smallest is None else [max(int(n), min_length) for n in smallest]
         self.num_layers = num_layers
         self.reference_length = reference_length

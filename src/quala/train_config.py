@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from quala.config import DataConfig, setting
 from quala.errors import QualaError
+from quala.lengths import check_smallest
 
 if TYPE_CHECKING:
     from quala.data import TrainData
@@ -71,11 +72,7 @@ class LengthDropConfig:
         if not 0 < self.bound < 1:
             raise QualaError(f"length_drop.bound must be in (0, 1), got {self.bound}")
         if self.smallest is not None:
-            gene = self.smallest
-            if not gene or any(n < 1 for n in gene) or any(a < b for a, b in zip(gene, gene[1:], strict=False)):
-                raise QualaError(
-                    f"length_drop.smallest must be positive, non-increasing token counts, one per layer, got {gene}"
-                )
+            check_smallest(self.smallest, "length_drop.smallest")
         if self.num_sandwich < 0:
             raise QualaError(f"length_drop.num_sandwich must be >= 0, got {self.num_sandwich}")
         if not 0 <= self.layer_drop_prob < 1:
