@@ -26,13 +26,12 @@ from quala.evolution import (
     SearchResult,
     crossover,
     initial_genes,
-    is_valid_gene,
     mutate,
     random_gene,
     run_search,
 )
 from quala.front import FrontPoint, dominates, front_area, pareto_front
-from quala.lengths import constant_ratio_gene
+from quala.lengths import constant_ratio_gene, is_valid_gene
 from quala.macs import count_macs
 from quala.search import SearchConfig
 

@@ -89,6 +89,11 @@ class Line:
         return cls(float(intercept), float(slope))
 
 
+def characters(question: str, context: str) -> int:
+    """A request's size without a tokenizer (a fake engine in tests): its characters."""
+    return len(question) + len(context)
+
+
 class CostModel:
     """Predicted engine seconds of one call: ``scale * (first + (n - 1) * extra(macs))`` for n questions.
 
@@ -104,7 +109,7 @@ class CostModel:
         macs_of: Callable[[Key], int],
         alpha: float = EWMA_ALPHA,
         ref_size: float | None = None,
-        size_of: Callable[[str, str], float] = lambda q, c: len(q) + len(c),
+        size_of: Callable[[str, str], float] | None = None,
     ):
         self.first = first
         self.extra = extra
@@ -114,7 +119,7 @@ class CostModel:
         # engine; else characters) over the calibration questions' mean size: it scales the predicted time, so a
         # long document (several windows) is not predicted like a short one. None: every question is one unit.
         self.ref_size = ref_size
-        self.size_of = size_of
+        self.size_of = size_of or characters
         self.scale = 1.0  # EWMA of observed / calibrated time
         self.points: dict[Key, float] = {}  # a front point's own first-question seconds (isotonic in MACs)
         self.measured: list[dict[str, Any]] = []  # the calibration timings behind the lines (GET /v1/model)
@@ -248,7 +253,7 @@ def calibrate(
         )
     else:
         extra = first
-    size_of = getattr(engine, "processed_tokens", None) or (lambda q, c: len(q) + len(c))
+    size_of = getattr(engine, "processed_tokens", None) or characters
     ref_size = statistics.mean(size_of(q, c) for q, c in items[: max(batch, reps)])
     cost = CostModel(first, extra, lambda key: engine.macs(key), ref_size=ref_size, size_of=size_of)
     order = sorted(range(len(front)), key=lambda i: macs[i])

@@ -86,15 +86,6 @@ def random_gene(rng: random.Random, num_layers: int, length: int, min_length: in
     return tuple(sorted((rng.randint(min_length, length) for _ in range(num_layers)), reverse=True))
 
 
-def is_valid_gene(gene: Sequence[int], num_layers: int, length: int, min_length: int = 2) -> bool:
-    return (
-        len(gene) == num_layers
-        and all(isinstance(n, int) for n in gene)
-        and all(min_length <= n <= length for n in gene)
-        and all(a >= b for a, b in zip(gene, gene[1:], strict=False))
-    )
-
-
 def floor_gene(num_layers: int, length: int, config: SearchConfig) -> Gene:
     """The cheapest configuration searched: ``config.smallest`` (a late-drop LengthDrop model's smallest
     sub-model), else LengthDrop's smallest sub-model at the ratio bound (LAT §4.1)."""

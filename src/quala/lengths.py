@@ -115,6 +115,20 @@ def smallest_config(num_layers: int, length: int, bound: float, min_length: int 
     return constant_ratio_gene(num_layers, length, bound, min_length)
 
 
+def is_valid_gene(
+    gene: Sequence[int], num_layers: int | None = None, length: int | None = None, min_length: int = 2
+) -> bool:
+    """A gene the search may evaluate: ``num_layers`` integers (when given) in ``[min_length, length]``,
+    non-increasing."""
+    return (
+        len(gene) > 0
+        and (num_layers is None or len(gene) == num_layers)
+        and all(isinstance(n, int) and n >= min_length for n in gene)
+        and (length is None or max(gene) <= length)
+        and all(a >= b for a, b in zip(gene, gene[1:], strict=False))
+    )
+
+
 def check_smallest(
     values: Sequence[int],
     what: str,
@@ -126,15 +140,9 @@ def check_smallest(
     per layer (when the layer count is known), each in ``[min_length, reference_length]``, non-increasing. The one
     rule for the training config, the LengthDrop sampler and the search, each knowing what it knows."""
     gene = tuple(values)
-    layers = f"{num_layers} " if num_layers is not None else ""
-    top = f", at most {reference_length}" if reference_length is not None else ""
-    if (
-        not gene
-        or (num_layers is not None and len(gene) != num_layers)
-        or any(not isinstance(n, int) or n < min_length for n in gene)
-        or (reference_length is not None and max(gene) > reference_length)
-        or any(a < b for a, b in zip(gene, gene[1:], strict=False))
-    ):
+    if not is_valid_gene(gene, num_layers, reference_length, min_length):
+        layers = f"{num_layers} " if num_layers is not None else ""
+        top = f", at most {reference_length}" if reference_length is not None else ""
         raise QualaError(
             f"{what} must be {layers}non-increasing token counts, one per layer, each at least {min_length}{top}; "
             f"got {list(gene)}"

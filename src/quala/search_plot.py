@@ -31,6 +31,7 @@ def plot_pareto(
     ]
     has_latency = all(c.latency_ms is not None for c in candidates)
     full_length = max(max(c.length_config) for c in candidates)
+    scored = front if rescored else candidates  # the points whose F1 draw the staircase and the star
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (axis, label, scale) in zip(axes, panels, strict=True):
         if axis == "latency" and not has_latency:
@@ -44,7 +45,7 @@ def plot_pareto(
             color="0.65",
             label=f"candidates ({len(candidates)})",
         )
-        stairs = pareto_front(front if rescored else candidates, axis)  # the attainment staircase on this axis
+        stairs = pareto_front(scored, axis)  # the attainment staircase on this axis
         xs = [c.cost(axis) * scale for c in stairs] + [max(c.cost(axis) for c in candidates) * scale]
         ax.step(xs, [c.f1 for c in stairs] + [stairs[-1].f1], where="post", color="tab:red", lw=1, alpha=0.6)
         ax.scatter(
@@ -55,7 +56,7 @@ def plot_pareto(
             label=f"front ({objective}){', re-scored' if rescored else ''}",
             zorder=3,
         )
-        full = [c for c in (front if rescored else candidates) if min(c.length_config) == full_length]
+        full = [c for c in scored if min(c.length_config) == full_length]
         ax.scatter(
             [c.cost(axis) * scale for c in full],
             [c.f1 for c in full],
