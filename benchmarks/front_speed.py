@@ -4,9 +4,12 @@ full-length graph, for one or more model directories (e.g. before/after an engin
 Every (model, graph, configuration) row is a :class:`quala.benchmark.BenchEngine` timed by
 :func:`quala.benchmark.run_benchmark` (the serving protocol of ``quala benchmark``: real lengths, a request is
 ``batch`` questions with all their windows, engines taking turns request by request), so load changes hit every
-row alike. For each row: median latency, F1 on the sample, MACs fraction f and ``ratio = latency / (f × fused
-latency of the same model)``: 1.00 is the ideal "f of the MACs in f of the time". ``--plot`` draws latency over
-the fused graph's against f, with the ideal line, one series per model and batch size.
+row alike. ``--rounds R`` repeats the whole timing R times, the engines' order rotated each round (so no row
+always follows the same one: what ran just before a row decides what is still in the caches); a row's latency is
+then the median of its round medians. For each row: median latency, F1 on the sample, MACs fraction f and
+``ratio = latency / (f × fused latency of the same model)``: 1.00 is the ideal "f of the MACs in f of the time".
+``--plot`` draws latency over the fused graph's against f, with the ideal line, one series per model and batch
+size.
 
     python benchmarks/front_speed.py --models "before=runs/old-int8;after=runs/new-int8" \\
         --data ../shared/data/squad/dev-v1.1-part-a.json --articles 32:40 --questions 100 --batch-sizes 1,32 \\
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 
 from quala.benchmark import BenchEngine, run_benchmark
@@ -50,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", required=True)
     p.add_argument("--plot", default=None)
+    p.add_argument("--rounds", type=int, default=1, help="timing rounds, engine order rotated each round")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
 
     models = parse_models(args.models)
     engines: list[BenchEngine] = []
@@ -63,14 +70,22 @@ def main(argv: list[str] | None = None) -> None:
             engines.append(BenchEngine(f"{label} | LA {text}", pred, "int8", cfg, None, True, kind="front"))
     squad = load_squad(args.data, args.articles, args.questions)
     bss = [int(b) for b in args.batch_sizes.split(",")]
-    result = run_benchmark(engines, squad, bss, ("serving",), machine=machine_info())
+    results = []
+    for k in range(args.rounds):
+        order = engines[k % len(engines) :] + engines[: k % len(engines)]
+        results.append(run_benchmark(order, squad, bss, ("serving",), machine=machine_info()))
+    rounds = {}  # (row, batch size): its median latency in each round
+    for result in results:
+        for r in result.rows:
+            rounds.setdefault((r.name, r.batch_size), []).append(r.latency_ms_median)
+    median = {key: statistics.median(values) for key, values in rounds.items()}
     full = count_macs(engines[0].predictor.model_config, engines[0].predictor.la_config.reference_length).total
     rows = []
-    for r in result.rows:
+    for r in results[0].rows:
         label = r.name.split(" | ")[0]
-        fused = next(x for x in result.rows if x.name == f"{label} | fused" and x.batch_size == r.batch_size)
+        ms, fused_ms = median[(r.name, r.batch_size)], median[(f"{label} | fused", r.batch_size)]
         f = r.macs / full
-        ratio = r.latency_ms_median / (f * fused.latency_ms_median)
+        ratio = ms / (f * fused_ms)
         rows.append(
             {
                 "model": label,
@@ -78,24 +93,26 @@ def main(argv: list[str] | None = None) -> None:
                 "batch_size": r.batch_size,
                 "length_config": r.length_config,
                 "macs_fraction": round(f, 3),
-                "median_ms": r.latency_ms_median,
-                "p90_ms": r.latency_ms_p90,
-                "fused_ms": fused.latency_ms_median,
+                "median_ms": round(ms, 3),
+                "round_medians_ms": rounds[(r.name, r.batch_size)],
+                "p90_ms_first_round": r.latency_ms_p90,
+                "fused_ms": round(fused_ms, 3),
                 "ratio_to_f_fused": round(ratio, 3),
                 "f1": r.f1,
                 "exact_match": r.exact_match,
             }
         )
         print(
-            f"b{r.batch_size:<3d} {r.name:48s} f={f:.3f} {r.latency_ms_median:8.2f} ms "
-            f"(fused {fused.latency_ms_median:.2f}) ratio {ratio:.3f} F1 {r.f1}",
+            f"b{r.batch_size:<3d} {r.name:48s} f={f:.3f} {ms:8.2f} ms (fused {fused_ms:.2f}) ratio {ratio:.3f} "
+            f"F1 {r.f1}",
             flush=True,
         )
     report = {
-        "machine": result.machine,
+        "machine": results[0].machine,
         "threads": args.threads,
         "models": {label: {"path": path, "spinning": spin} for label, path, spin in models},
-        "sample": result.sample,
+        "sample": results[0].sample,
+        "rounds": args.rounds,
         "rows": rows,
         "load_average_at_end": os.getloadavg(),
     }

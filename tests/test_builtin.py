@@ -462,6 +462,7 @@ def test_int8_cache_is_built_once_and_rebuilt_when_corrupt(packaged, tmp_path, m
     from quala.builtin import int8_model, verify_checksums
     from quala.data import Example, collate, prepare_features
     from quala.engine import load_predictor
+    from quala.export import GRAPH_VERSION
 
     monkeypatch.setenv("QUALA_CACHE", str(tmp_path / "cache"))
     entry = int8_model(packaged)
@@ -484,6 +485,12 @@ def test_int8_cache_is_built_once_and_rebuilt_when_corrupt(packaged, tmp_path, m
     assert int8_model(packaged) == entry
     verify_checksums(entry)
     assert (before == logits(entry)).all()
+
+    assert entry.name.endswith(f"-g{GRAPH_VERSION}")
+    monkeypatch.setattr("quala.export.GRAPH_VERSION", 99)  # a new export format: a new entry, the old one kept
+    assert int8_model(packaged) == entry.parent / entry.name.replace(f"-g{GRAPH_VERSION}", "-g99") and entry.is_dir()
+    monkeypatch.undo()
+    monkeypatch.setenv("QUALA_CACHE", str(tmp_path / "cache"))
 
     (entry / "model_full.onnx").write_bytes((entry / "model_full.onnx").read_bytes()[:1000])  # half-written
     (entry / "checksums.sha256").unlink()

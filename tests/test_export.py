@@ -53,7 +53,8 @@ def _torch_logits(model, batch, length_config):
 @pytest.fixture(scope="module", params=["bert", "roberta", "bert-learned", "bert-question"])
 def exported(request, tmp_path_factory):
     """The one length-adaptive graph of a tiny model, with the optional SkipLayerNorm/BiasGelu fusion;
-    ``-learned``: significance from the learned scorer (exported unfused, as the engine serves it); ``-question``:
+    ``-learned``: significance from the learned scorer (fused ``Attention``, no SkipLayerNorm: as the engine serves
+    it); ``-question``:
     the question scorer, its U made non-zero so that the question changes which tokens are kept."""
     family, _, significance = request.param.partition("-")
     question = significance == "question"
@@ -160,6 +161,24 @@ def test_length_adaptive_graph_is_fused_except_attention(tmp_path):
         n.op_type for n in onnx.load(str(export_length_adaptive(model, tmp_path / "p.onnx", fuse=False))).graph.node
     ]
     assert "SkipLayerNormalization" not in plain  # the control: the fusion comes from the optimizer
+
+
+@pytest.mark.parametrize("significance", ["attention", "learned"])
+def test_attention_is_fused_unless_significance_reads_it(tmp_path, significance):
+    """Issue 18: with learned significance nothing reads the attention probabilities, so each layer's attention is
+    one ``com.microsoft.Attention`` node, which dynamic quantization turns into the fused ``QAttention`` of the
+    full-length graph; attention significance needs the probabilities (control: unfused, one Softmax a layer). The
+    fused graph's logits are checked against PyTorch by the ``exported`` tests."""
+    from quala.quantize import quantize_graph
+
+    model = LengthAdaptiveQA(tiny_hf_qa("bert", vocab_size=1000), LengthAdaptiveConfig(significance=significance))
+    path = export_length_adaptive(model.eval(), tmp_path / "model.onnx")
+    quantize_graph(path, tmp_path / "int8.onnx", "dynamic", [])
+    ops, int8 = ([n.op_type for n in onnx.load(str(p)).graph.node] for p in (path, tmp_path / "int8.onnx"))
+    fused = significance == "learned"
+    assert ops.count("Attention") == (model.num_layers if fused else 0)
+    assert ops.count("Softmax") == (0 if fused else model.num_layers)
+    assert int8.count("QAttention") == (model.num_layers if fused else 0)
 
 
 def test_one_session_runs_two_length_configs(exported):

@@ -132,6 +132,41 @@ def test_batch_endpoint_equals_engine(client, engine):
     assert r.json()["length_config"] == [300, 260, 220, 180]
 
 
+def test_int8_fused_attention_server_switches_configs_per_request(tmp_path, minilm_path):
+    """Issue 18: a learned-significance model's int8 graph runs fused QAttention; one loaded session still answers
+    each request at its own length configuration, as the engine does."""
+    import onnx
+    from conftest import tiny_hf_qa
+    from transformers import AutoTokenizer
+
+    from quala.config import LengthAdaptiveConfig
+    from quala.engine import QAEngine
+    from quala.model import LengthAdaptiveQA
+    from quala.quantize import quantize
+    from quala.serve import ServeConfig, create_app
+
+    source = tmp_path / "learned"
+    la_config = LengthAdaptiveConfig(significance="learned", scorer_question=True)
+    LengthAdaptiveQA(tiny_hf_qa("bert"), la_config).save_pretrained(source)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(source)
+    quantize(source, None, tmp_path / "int8")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
+    assert ops.count("QAttention") == 4 and "Softmax" not in ops
+    engine = QAEngine.from_pretrained(tmp_path / "int8", backend="onnxruntime", threads=1)
+    session = engine.predictor.session
+    configs = ([384, 384, 384, 384], [300, 200, 120, 40], [90, 60, 30, 10])
+    with TestClient(create_app(engine, ServeConfig(model=str(tmp_path / "int8"), **LIMITS))) as c:
+        got = [
+            c.post(ANSWER, json={"question": QUESTION, "context": CONTEXT, "length_config": lc, "top_k": 5}).json()
+            for lc in configs
+        ]
+    for lc, http in zip(configs, got, strict=True):
+        _same(http, engine.answer(QUESTION, CONTEXT, length_config=lc, top_k=5))
+    assert len({g["macs"] for g in got}) == 3 and engine.predictor.session is session  # one session, three budgets
+    scores = [[a["score"] for a in g["answers"]] for g in got]
+    assert scores[1] != scores[2]  # the dropped configurations really computed different logits
+
+
 def test_long_document_uses_doc_stride_windows(client, engine):
     if COVIDQA.is_file():
         paragraph = json.loads(COVIDQA.read_text(encoding="utf-8"))["data"][0]["paragraphs"][0]

@@ -7,9 +7,9 @@ engine loads them as fp32), ``config.json`` with the length-adaptive settings, t
 ``quala pipeline`` output directory.
 
 The int8 ONNX Runtime model (QuaLA §3.3) is not shipped: the first onnxruntime use builds it with
-:func:`quala.quantize.quantize` into a cache directory keyed by the checksum manifest, in a temporary
-directory renamed into place, with its own checksum manifest. A cache entry whose files do not match it
-(corrupt, or half-written by hand or by a full disk) is rebuilt.
+:func:`quala.quantize.quantize` into a cache directory keyed by the checksum manifest and
+:data:`quala.export.GRAPH_VERSION`, in a temporary directory renamed into place, with its own checksum manifest.
+A cache entry whose files do not match it (corrupt, or half-written by hand or by a full disk) is rebuilt.
 """
 
 from __future__ import annotations
@@ -123,7 +123,10 @@ def int8_model(directory: str | Path | None = None) -> Path:
     """The int8 ONNX Runtime model of a packaged model (default: the built-in one), built on first use."""
     source = Path(directory) if directory is not None else builtin_dir()
     read_checksums(source)  # a packaged model has a checksum manifest: it names the cache entry
-    entry = cache_root() / "int8" / f"{source.name}-{model_key(source)}"
+    from quala.export import GRAPH_VERSION
+
+    # a new export (GRAPH_VERSION) builds a new entry: an old build would keep serving the old graph
+    entry = cache_root() / "int8" / f"{source.name}-{model_key(source)}-g{GRAPH_VERSION}"
     if _valid(entry):
         return entry
     from quala.quantize import quantize

@@ -81,14 +81,14 @@ class TorchPredictor:
         return SpanLogits(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy())
 
 
-def session_options(threads: int | None, spinning: bool = False):
+def session_options(threads: int | None, spinning: bool = True):
     """The ONNX Runtime session options every QuaLA session uses: ``threads`` intra-op threads (default: all
     cores), sequential execution, every graph optimization.
 
-    ``spinning``: worker threads spin-wait between the operators *of one run* and stop when it returns
+    ``spinning`` (default): worker threads spin-wait between the operators *of one run* and stop when it returns
     (``session.force_spinning_stop``), so a graph of many small operators does not pay a thread wake-up per
     operator, and idle sessions (the other graphs of one process, a server between requests) do not steal the
-    cores. Without it, threads sleep between operators too.
+    cores. ``False``: threads sleep between operators too (slower at batch 1: docs/inference.md, issue 18).
     """
     import onnxruntime as ort
 
@@ -128,7 +128,7 @@ class OnnxPredictor:
 
     backend = "onnxruntime"
 
-    def __init__(self, model: str | Path | ModelDir, threads: int | None = None, spinning: bool = False):
+    def __init__(self, model: str | Path | ModelDir, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         model = ModelDir.resolve(model, require_weights=False)

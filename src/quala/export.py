@@ -7,8 +7,10 @@ implementations, which export one graph per configuration.
 
 ``model_full.onnx`` (optional, the *full-length graph*) is the plain encoder exported from eager attention
 with the legacy exporter, then fused by ONNX Runtime's transformer optimizer (Attention, SkipLayerNorm, Gelu).
-A token-dropping graph cannot use fused attention (significance needs the attention probabilities), so
-full-length requests run faster on this second graph (measured in docs/inference.md).
+With learned significance (nothing reads the attention probabilities) every layer of the length-adaptive graph
+runs ONNX Runtime's fused ``Attention`` (``QAttention`` once quantized, as in the full-length graph); with
+attention significance the layers stay unfused, since significance reads the probabilities. Full-length requests
+and depth configurations run on the second graph (measured in docs/inference.md).
 
 The output directory holds the graphs, ``config.json`` (with the length-adaptive settings), the tokenizer, a
 copy of ``search.json`` when the source has one, and ``manifest.json`` with ``"backend": "onnxruntime"``, so
@@ -35,6 +37,9 @@ from quala.model import LengthAdaptiveQA, load_tokenizer
 from quala.model_dir import FULL_GRAPH, LA_GRAPH, SEARCH_FILE, ModelDir, store_la_config
 
 OPSET = 17
+# bump whenever the exported graphs change: the built-in model's cached int8 builds are keyed by it
+# (2: fused Attention with learned significance)
+GRAPH_VERSION = 2
 FUSED_OPS = ("Attention", "SkipLayerNormalization")  # what the optimizer must produce on the full graph
 LA_FUSED_OPS = ("SkipLayerNormalization", "BiasGelu")  # ... and on the length-adaptive graph
 
@@ -95,7 +100,7 @@ class _FullGraph(nn.Module):
         return out.start_logits, out.end_logits
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> None:
+def _export(module: nn.Module, args: tuple, names: list[str], path: Path, contrib_ops: bool = False) -> None:
     dynamic = {n: {0: "batch", 1: "sequence"} for n in names if n != "length_config"}
     dynamic.update({"start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"}})
     with warnings.catch_warnings():
@@ -111,6 +116,7 @@ def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> Non
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
+            custom_opsets={"com.microsoft": 1} if contrib_ops else None,  # quala.graph_ops.attention
         )
 
 
@@ -118,8 +124,8 @@ def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path, fuse: bool
     """Export the Drop-and-Restore model with ``length_config`` (int64, (N,)) as a graph input.
 
     ``fuse``: run the transformer optimizer with attention fusion off (see :data:`LA_FUSED_OPS`): every
-    residual + LayerNorm becomes ``SkipLayerNormalization`` and every bias + GELU ``BiasGelu``; attention stays
-    unfused, since significance needs its probabilities.
+    residual + LayerNorm becomes ``SkipLayerNormalization`` and every bias + GELU ``BiasGelu`` (attention is
+    fused by the export itself where nothing reads its probabilities: learned significance).
     """
     path = Path(path)
     names = _input_names(model)
@@ -129,7 +135,9 @@ def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path, fuse: bool
     counts = torch.tensor([max(2, ref - 7 * (i + 1)) for i in range(model.num_layers)], dtype=torch.long)
     module = _LengthAdaptiveGraph(model.eval(), "token_type_ids" in names)
     with torch.no_grad():
-        _export(module, (*dummy.values(), counts), [*names, "length_config"], path)
+        # learned significance reads no attention probabilities: the forward exports com.microsoft.Attention
+        contrib = model.scorer is not None
+        _export(module, (*dummy.values(), counts), [*names, "length_config"], path, contrib_ops=contrib)
     if fuse:
         fuse_graph(path, int(model.config.num_attention_heads), int(model.config.hidden_size), attention=False)
     return path
@@ -258,6 +266,7 @@ def export_model(
             source=source.name,
             dtype="fp32",
             graphs={"length_adaptive": LA_GRAPH, "full_length": FULL_GRAPH if full_graph else None},
+            graph_version=GRAPH_VERSION,
             fusion=fusion,
         )
     return ExportResult(output, output / LA_GRAPH, output / FULL_GRAPH if full_graph else None, fusion)

@@ -61,3 +61,31 @@ def put_rows(buffer: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> tor
     """Out-of-place ``buffer[idx[b, j]] = rows[b, j]`` for a flat ``buffer`` (m, D), ``idx`` (B, k) and ``rows``
     (B, k, D): one row ``ScatterND`` when exported. Rows sent to one index must be interchangeable (a sink row)."""
     return _PutRows.apply(buffer, idx, rows) if exporting() else buffer.index_put((idx,), rows)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, mask, num_heads, scale):
+        B, n, D = h.shape
+        dh = D // num_heads
+        qkv = torch.matmul(h, weight) + bias  # (B, n, 3D)
+        q, k, v = (x.reshape(B, n, num_heads, dh).transpose(1, 2) for x in qkv.split(D, dim=-1))
+        bias_ = torch.where(mask[:, None, None, :].bool(), 0.0, -10000.0).to(h.dtype)  # (B, 1, 1, n)
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale + bias_, dim=-1)  # (B, H, n, n)
+        return torch.matmul(probs, v).transpose(1, 2).reshape(B, n, D)
+
+    @staticmethod
+    def symbolic(g, h, weight, bias, mask, num_heads, scale):
+        out = g.op("com.microsoft::Attention", h, weight, bias, mask, num_heads_i=num_heads, scale_f=scale)
+        out.setType(h.type())
+        return out
+
+
+def attention(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor, num_heads: int, scale: float
+) -> torch.Tensor:
+    """Multi-head self-attention context (B, n, D) of ``h`` (B, n, D) with packed Q/K/V ``weight`` (D, 3D) and
+    ``bias`` (3D,), keys masked by ``mask`` (B, n) int32 (1 = attend; masked keys get -10000 before the softmax, as
+    in ONNX Runtime). Exported as ONNX Runtime's ``com.microsoft.Attention``, which dynamic quantization turns into
+    the fused int8 ``QAttention`` of the full-length graph; it has no probabilities output."""
+    return _Attention.apply(h, weight, bias, mask, int(num_heads), float(scale))

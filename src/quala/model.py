@@ -25,7 +25,7 @@ from torch import nn
 
 from quala.config import LengthAdaptiveConfig
 from quala.errors import QualaError
-from quala.graph_ops import exporting, put_rows, reshape
+from quala.graph_ops import attention, exporting, put_rows, reshape
 from quala.lengths import validate_length_config
 from quala.model_dir import CONFIG_KEY, ModelDir, la_config_of, store_la_config
 
@@ -68,10 +68,10 @@ class TokenScorer(nn.Module):
         scores = torch.matmul(h, self.weight[layer]) + self.bias[layer]  # (B, n)
         if self.question is None:
             return scores
-        q = question.to(h.dtype).unsqueeze(-1)  # (B, n, 1)
-        mean = (h * q).sum(1) / q.sum(1).clamp_min(1.0)  # (B, D)
-        w = torch.matmul(mean, self.question[layer])  # (B, D)
-        return scores + torch.matmul(h, w.unsqueeze(-1)).squeeze(-1)  # (B, n)
+        q = reshape(question.to(h.dtype), (0, 1, -1))  # (B, 1, n)
+        mean = torch.matmul(q, h) / q.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1, D)
+        w = torch.matmul(mean, self.question[layer])  # (B, 1, D)
+        return scores + reshape(torch.matmul(h, w.transpose(1, 2)), (0, -1))  # (B, n)
 
 
 # -------------------------------------------------------------------------------------- length configs
@@ -281,9 +281,13 @@ class LengthAdaptiveQA(nn.Module):
         H, dh = attn.num_attention_heads, attn.attention_head_size
         proj = (attn.query, attn.key, attn.value)
         if exporting() and all(m.bias is not None for m in proj):
+            weight, qkv_bias = torch.cat([m.weight for m in proj]), torch.cat([m.bias for m in proj])  # (3D, D)
+            if not need_probs:  # learned significance: one fused Attention node (QAttention once quantized)
+                ctx = attention(h, weight.t(), qkv_bias, mask.to(torch.int32), H, attn.scaling)  # (B, n, D)
+                return layer.attention.output(ctx, h), None
             # one (D, 3D) product instead of three; per-channel int8 weights keep every output column's scale, so
             # the int8 logits are those of the separate products (docs/inference.md, "Packed Q/K/V")
-            packed = F.linear(h, torch.cat([m.weight for m in proj]), torch.cat([m.bias for m in proj]))
+            packed = F.linear(h, weight, qkv_bias)  # (B, n, 3D)
             q, k, v = (reshape(x, (0, -1, H, dh)).transpose(1, 2) for x in packed.split(H * dh, dim=-1))
         else:
             q, k, v = (reshape(m(h), (0, -1, H, dh)).transpose(1, 2) for m in proj)
