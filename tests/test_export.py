@@ -50,7 +50,7 @@ def _torch_logits(model, batch, length_config):
     return out.start_logits.numpy(), out.end_logits.numpy()
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta", "bert-learned", "bert-question"])
+@pytest.fixture(scope="module", params=["bert", "roberta", "bert-learned", "roberta-learned", "bert-question"])
 def exported(request, tmp_path_factory):
     """The one length-adaptive graph of a tiny model, with the optional SkipLayerNorm/BiasGelu fusion;
     ``-learned``: significance from the learned scorer (fused ``Attention``, no SkipLayerNorm: as the engine serves
