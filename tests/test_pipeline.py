@@ -9,6 +9,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
+from quala.errors import QualaError
 from quala.pipeline import STAGES, preset_path
 
 pytestmark = pytest.mark.integration
@@ -319,6 +320,17 @@ def test_rerun_redoes_the_stage_and_every_later_one(tmp_path, monkeypatch):
         progress=False, rerun=("benchmark",)
     )
     assert calls == ["benchmark", "report"]
+
+
+def test_rerun_of_a_directory_without_a_run_says_so(tmp_path, capsys):
+    """A mistyped --output-dir with --rerun used to start a fresh run there (printing "previous output removed")
+    and fail in a later stage with an unrelated error; it now stops before touching anything."""
+    from quala.pipeline import Pipeline, load_pipeline_config
+
+    settings = load_pipeline_config(None, "demo", {"output_dir": str(tmp_path / "typo")})
+    with pytest.raises(QualaError, match=r"typo holds no pipeline run \(pipeline.json not found\); check --output-dir"):
+        Pipeline(settings).run(progress=False, rerun=("quantize",))
+    assert not (tmp_path / "typo").exists() and "removed" not in capsys.readouterr().out
 
 
 def test_lengthdrop_alone_starts_from_the_finetune_stage_of_an_earlier_run(tmp_path, monkeypatch):

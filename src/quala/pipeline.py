@@ -206,15 +206,22 @@ class Pipeline:
         on its output, is marked as needing a re-run too."""
         if not rerun:
             return
+        if not self.state_path.is_file():  # e.g. a mistyped --output-dir: nothing there to run again
+            raise QualaError(
+                f"--rerun {','.join(rerun)}: {self.root} holds no pipeline run ({STATE_FILE} not found); check "
+                "--output-dir, or leave out --rerun to start a new run there"
+            )
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise QualaError("--rerun clears stage outputs: run it in one process, then launch the training")
         first = min(STAGES.index(s) for s in rerun)
         for stage in STAGES[first:]:
             done = self.state["completed"].pop(stage, None) is not None
-            if self.dir(stage).exists():  # a stale or partial output would be resumed instead of redone
+            existed = self.dir(stage).exists()
+            if existed:  # a stale or partial output would be resumed instead of redone
                 shutil.rmtree(self.dir(stage))
             if stage in rerun:
-                print(f"[pipeline] {stage}: previous output removed, will run again", flush=True)
+                what = "previous output removed" if existed else "no previous output"
+                print(f"[pipeline] {stage}: {what}, will run again", flush=True)
             elif done:
                 print(f"[pipeline] {stage}: built on {STAGES[first]}, will run again", flush=True)
         self.root.mkdir(parents=True, exist_ok=True)
