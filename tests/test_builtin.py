@@ -487,10 +487,10 @@ def test_int8_cache_is_built_once_and_rebuilt_when_corrupt(packaged, tmp_path, m
     assert (before == logits(entry)).all()
 
     assert entry.name.endswith(f"-g{GRAPH_VERSION}")
-    monkeypatch.setattr("quala.export.GRAPH_VERSION", 99)  # a new export format: a new entry, the old one kept
-    assert int8_model(packaged) == entry.parent / entry.name.replace(f"-g{GRAPH_VERSION}", "-g99") and entry.is_dir()
-    monkeypatch.undo()
-    monkeypatch.setenv("QUALA_CACHE", str(tmp_path / "cache"))
+    with monkeypatch.context() as patched:  # a new export format: a new entry, the old one kept
+        patched.setattr("quala.export.GRAPH_VERSION", 99)
+        new = int8_model(packaged)
+    assert new == entry.parent / entry.name.replace(f"-g{GRAPH_VERSION}", "-g99") and entry.is_dir()
 
     (entry / "model_full.onnx").write_bytes((entry / "model_full.onnx").read_bytes()[:1000])  # half-written
     (entry / "checksums.sha256").unlink()

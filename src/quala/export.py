@@ -100,7 +100,7 @@ class _FullGraph(nn.Module):
         return out.start_logits, out.end_logits
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], path: Path, contrib_ops: bool = False) -> None:
+def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> None:
     dynamic = {n: {0: "batch", 1: "sequence"} for n in names if n != "length_config"}
     dynamic.update({"start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"}})
     with warnings.catch_warnings():
@@ -116,7 +116,6 @@ def _export(module: nn.Module, args: tuple, names: list[str], path: Path, contri
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
-            custom_opsets={"com.microsoft": 1} if contrib_ops else None,  # quala.graph_ops.attention
         )
 
 
@@ -135,9 +134,7 @@ def export_length_adaptive(model: LengthAdaptiveQA, path: str | Path, fuse: bool
     counts = torch.tensor([max(2, ref - 7 * (i + 1)) for i in range(model.num_layers)], dtype=torch.long)
     module = _LengthAdaptiveGraph(model.eval(), "token_type_ids" in names)
     with torch.no_grad():
-        # learned significance reads no attention probabilities: the forward exports com.microsoft.Attention
-        contrib = model.scorer is not None
-        _export(module, (*dummy.values(), counts), [*names, "length_config"], path, contrib_ops=contrib)
+        _export(module, (*dummy.values(), counts), [*names, "length_config"], path)
     if fuse:
         fuse_graph(path, int(model.config.num_attention_heads), int(model.config.hidden_size), attention=False)
     return path
